@@ -1,0 +1,60 @@
+"""Run API-format graphs in this process through ComfyUI's real executor (no HTTP).
+
+ComfyUI keeps global registries, so one process hosts one ComfyUI: call `start` once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from pathlib import Path
+
+from devtools.comfy_path import configure_comfy_args
+
+
+class EventLog:
+    """Stands in for the websocket side of PromptServer: keeps what the executor would send."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.events: list[tuple[str, dict]] = []
+
+    def send_sync(self, event, data, sid=None):
+        self.events.append((event, data))
+
+
+class GraphError(RuntimeError):
+    def __init__(self, message: dict):
+        self.message = message
+        super().__init__(f"{message.get('node_type')} (node {message.get('node_id')}): "
+                         f"{message.get('exception_type')}: {message.get('exception_message')}")
+
+
+class InProcessComfy:
+    def __init__(self, base_dir: Path):
+        configure_comfy_args(base_dir)
+        import utils.extra_config  # noqa: F401  (must precede `nodes`, which reorders sys.path)
+        import execution
+        import nodes
+
+        logging.getLogger().setLevel(logging.WARNING)
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        self.nodes = nodes
+        self.execution = execution
+        self.server = EventLog()
+        self.executor = execution.PromptExecutor(self.server, cache_args={"lru": 0, "ram": 0})
+
+    def run(self, graph: dict) -> dict:
+        """Validate and execute an API-format graph; return {node_id: ui output}. Raises GraphError."""
+        prompt_id = str(uuid.uuid4())
+        valid, error, outputs, node_errors = asyncio.run(self.execution.validate_prompt(prompt_id, graph, None))
+        if not valid:
+            raise ValueError(f"invalid graph: {error} {node_errors}")
+        self.executor.execute(graph, prompt_id, {"client_id": "tests"}, outputs)
+        if not self.executor.success:
+            for event, data in self.executor.status_messages:
+                if event == "execution_error":
+                    raise GraphError(data)
+            raise RuntimeError(f"graph failed: {self.executor.status_messages}")
+        return self.executor.history_result["outputs"]

@@ -34,3 +34,21 @@ def comfy(base_dir):
     from devtools.inprocess import InProcessComfy
 
     return InProcessComfy(base_dir)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, sd1_checkpoint):
+    """The real ComfyUI main.py, headless on a free loopback port, with only this pack enabled."""
+    from devtools.server import ComfyServer
+
+    base = make_base_dir(tmp_path_factory.mktemp("server_base"), checkpoints=[sd1_checkpoint])
+    with ComfyServer(base) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy_server) -> dict:
+    return comfy_server.object_info()
+
+
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))

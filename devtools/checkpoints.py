@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from devtools.comfy_path import CACHE, configure_comfy_args
+from devtools.comfy_path import CACHE, add_comfyui_to_path, configure_comfy_args
 
 VERSION = 1  # bump when the layout or the init rule changes, so caches refresh
 DEFAULT_DIR = CACHE / "checkpoints"
@@ -36,7 +36,9 @@ def _unet_config(family: str) -> dict:
                     transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
                     transformer_depth_middle=-2, context_dim=2048, use_linear_in_transformer=True,
                     adm_in_channels=2816, num_classes="sequential")
-    raise ValueError(f"unknown family {family!r}; expected 'sd1' or 'sdxl'")
+    if family == "sd1_ip2p":  # InstructPix2Pix: an SD1 UNet with 8 input channels, a family we do not support
+        return dict(_unet_config("sd1"), in_channels=8)
+    raise ValueError(f"unknown family {family!r}; expected 'sd1', 'sdxl' or 'sd1_ip2p'")
 
 
 def _shapes(family: str) -> dict[str, torch.Size]:
@@ -97,6 +99,26 @@ def build_state_dict(family: str, seed: int = 0, dtype=torch.float16) -> dict[st
     return {k: _tensor(seed, k, s).to(dtype) for k, s in _shapes(family).items()}
 
 
+def unet_only_path(family: str, seed: int = 0, out_dir: Path | None = None) -> Path:
+    """A diffusion-model-only file (models/diffusion_models layout, for UNETLoader)."""
+    from safetensors.torch import save_file
+
+    add_comfyui_to_path()
+    configure_comfy_args()
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    out_dir = Path(out_dir or DEFAULT_DIR)
+    path = out_dir / f"prompt_optim_test_{family}_unet_v{VERSION}_s{seed}.safetensors"
+    if not path.exists():
+        unet = UNetModel(**_unet_config(family), device=torch.device("meta"), operations=comfy.ops.disable_weight_init)
+        sd = {k: _tensor(seed, k, v.shape).half() for k, v in unet.state_dict().items()}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file(sd, str(path.with_suffix(".tmp")))
+        path.with_suffix(".tmp").replace(path)
+    return path
+
+
 def checkpoint_path(family: str, seed: int = 0, out_dir: Path | None = None) -> Path:
     """Path of the cached checkpoint, generating it on first use."""
     from safetensors.torch import save_file
@@ -113,7 +135,7 @@ def checkpoint_path(family: str, seed: int = 0, out_dir: Path | None = None) -> 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("family", choices=["sd1", "sdxl"])
+    ap.add_argument("family", choices=["sd1", "sdxl", "sd1_ip2p"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()

@@ -58,3 +58,17 @@ class InProcessComfy:
                     raise GraphError(data)
             raise RuntimeError(f"graph failed: {self.executor.status_messages}")
         return self.executor.history_result["outputs"]
+
+    def node_outputs(self, node_id: str) -> list:
+        """The cached outputs of a node from the last run: one list per output slot."""
+        entry = self.executor.caches.outputs.get(str(node_id))
+        if entry is None:
+            raise KeyError(f"node {node_id} has no cached outputs")
+        return entry.outputs
+
+    def load_checkpoint(self, name: str):
+        """(model, clip, vae) through the real CheckpointLoaderSimple, under inference mode as in a run."""
+        import torch
+
+        with torch.inference_mode():
+            return self.nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]

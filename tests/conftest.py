@@ -24,8 +24,17 @@ def sd1_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
-def base_dir(tmp_path_factory, sd1_checkpoint) -> Path:
-    return make_base_dir(tmp_path_factory.mktemp("comfy_base"), checkpoints=[sd1_checkpoint])
+def ip2p_unet() -> Path:
+    """A UNet-only file of a family the pack does not support (InstructPix2Pix)."""
+    from devtools.checkpoints import unet_only_path
+
+    return unet_only_path("sd1_ip2p")
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory, sd1_checkpoint, ip2p_unet) -> Path:
+    return make_base_dir(tmp_path_factory.mktemp("comfy_base"), checkpoints=[sd1_checkpoint],
+                         diffusion_models=[ip2p_unet])
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +61,16 @@ def object_info(comfy_server) -> dict:
 
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+
+
+@pytest.fixture(scope="session")
+def pack(comfy):
+    """The pack's modules as ComfyUI loaded them (package 'prompt-optim')."""
+    import importlib
+    import types
+
+    # ComfyUI registers a pack under its folder path (dots escaped) as the package name.
+    package = next(name for name in sys.modules if name.endswith(os.sep + "custom_nodes" + os.sep + "prompt-optim"))
+    names = ["core.prediction", "core.text_encoder", "core.conditioning", "nodes.comfy_text_encoder",
+             "nodes.comfy_denoiser", "nodes.errors"]
+    return types.SimpleNamespace(**{n.split(".")[-1]: importlib.import_module(f"{package}.{n}") for n in names})

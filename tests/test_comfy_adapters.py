@@ -1,0 +1,170 @@
+"""The ComfyUI adapters, run inside a real ComfyUI (in this process) on the small SD1.x checkpoint."""
+import re
+
+import pytest
+import torch
+
+PROMPT = "a red circle on a blue background"
+TOLERANCE = 1e-2  # float32 central differences agree to ~1e-4 here; a wrong gradient is off by O(1)
+
+
+def gradient_check_graph(ckpt_name, prompt=PROMPT, loader=None):
+    loader = loader or {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}}
+    return {
+        "1": loader,
+        "2": {"class_type": "PromptOptim_GradientCheck",
+              "inputs": {"model": ["1", 0], "clip": ["1", 1], "prompt": prompt, "noise_level": 0.5, "seed": 3}},
+    }
+
+
+def test_gradients_match_finite_differences_inside_a_node(comfy, sd1_checkpoint):
+    """(i) a learnable token through the SD1.x CLIP, (ii) the conditioning through the denoiser's x0,
+    both computed by our node during a real graph execution (ComfyUI runs nodes in inference mode)."""
+    ui = comfy.run(gradient_check_graph(sd1_checkpoint.name))
+    out = comfy.node_outputs("2")
+    token_error, cond_error = out[3][0], out[4][0]
+    report = ui["2"]["text"][0]
+    assert "family: SD1.x" in report
+    assert token_error < TOLERANCE, report
+    assert cond_error < TOLERANCE, report
+    # Non-trivial derivatives: an all-zero gradient would also "agree" with a flat function.
+    derivatives = [float(d) for d in re.findall(r"autograd (\S+),", report)]
+    assert len(derivatives) == 2 and all(abs(d) > 1e-6 for d in derivatives), report
+
+
+def _plain_graph(ckpt_name, model_src, clip_src, ids):
+    a, b, c, d, e = ids
+    return {
+        a: {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_src, "text": PROMPT}},
+        b: {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_src, "text": "blurry"}},
+        c: {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        d: {"class_type": "KSampler", "inputs": {"model": model_src, "positive": [a, 0], "negative": [b, 0],
+                                                  "latent_image": [c, 0], "seed": 7, "steps": 3, "cfg": 7.5,
+                                                  "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        e: {"class_type": "SaveLatent", "inputs": {"samples": [d, 0], "filename_prefix": "unchanged_check"}},
+    }
+
+
+def test_users_model_and_clip_are_unchanged(comfy, sd1_checkpoint):
+    loader = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd1_checkpoint.name}}}
+    comfy.run({**loader, **_plain_graph(sd1_checkpoint.name, ["1", 0], ["1", 1], ["3", "4", "5", "6", "9"])})
+    cond_before = comfy.node_outputs("3")[0][0][0][0].clone()
+    latent_before = comfy.node_outputs("6")[0][0]["samples"].clone()
+    model, clip = comfy.node_outputs("1")[0][0], comfy.node_outputs("1")[1][0]
+    weights = {("model", k): v.clone() for k, v in model.model.state_dict().items()}
+    weights.update({("clip", k): v.clone() for k, v in clip.cond_stage_model.state_dict().items()})
+    tensors = {("model", k): v for k, v in model.model.state_dict(keep_vars=True).items()}
+    tensors.update({("clip", k): v for k, v in clip.cond_stage_model.state_dict(keep_vars=True).items()})
+
+    # Same loader (cached: the very same objects), our node first, then a plain encode + sample.
+    graph = {**loader, **gradient_check_graph(sd1_checkpoint.name)}
+    graph.update(_plain_graph(sd1_checkpoint.name, ["2", 0], ["2", 1], ["13", "14", "15", "16", "19"]))
+    comfy.run(graph)
+    assert comfy.node_outputs("2")[0][0] is model and comfy.node_outputs("2")[1][0] is clip
+    assert torch.equal(comfy.node_outputs("13")[0][0][0][0], cond_before)
+    assert torch.equal(comfy.node_outputs("16")[0][0]["samples"], latent_before)
+
+    after = {("model", k): v for k, v in model.model.state_dict(keep_vars=True).items()}
+    after.update({("clip", k): v for k, v in clip.cond_stage_model.state_dict(keep_vars=True).items()})
+    assert after.keys() == weights.keys()
+    changed = [k for k, v in after.items() if not torch.equal(v, weights[k])]
+    assert changed == []
+    # The original tensors are back in place (not our autograd copies) ...
+    assert [k for k, v in after.items() if v is not tensors[k]] == []
+    # ... and no CLIP layer keeps our out-of-place forward.
+    assert not any("forward" in m.__dict__ for m in clip.cond_stage_model.modules())
+
+
+@pytest.mark.parametrize("prompt, loader, input_name, words", [
+    ("   ", None, "prompt", "empty"),
+    (PROMPT, {"class_type": "UNETLoader", "inputs": {"unet_name": "IP2P", "weight_dtype": "default"}},
+     "model", "not supported"),
+])
+def test_bad_input_names_node_and_input(comfy, sd1_checkpoint, ip2p_unet, prompt, loader, input_name, words):
+    from devtools.inprocess import GraphError
+
+    graph = gradient_check_graph(sd1_checkpoint.name, prompt)
+    if loader:
+        loader["inputs"]["unet_name"] = ip2p_unet.name
+        graph["1"] = loader
+        graph["0"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd1_checkpoint.name}}
+        graph["2"]["inputs"]["clip"] = ["0", 1]
+    with pytest.raises(GraphError) as error:
+        comfy.run(graph)
+    message = error.value.message["exception_message"]
+    assert "Gradient Check (Prompt Optim)" in message and f"input '{input_name}'" in message
+    assert words in message
+
+
+@pytest.fixture(scope="module")
+def sd1(comfy, sd1_checkpoint):
+    model, clip, vae = comfy.load_checkpoint(sd1_checkpoint.name)
+    return model, clip
+
+
+def _plain(clip, text):
+    with torch.inference_mode():
+        return clip.encode_from_tokens(clip.tokenize(text))
+
+
+def test_spliced_word_embedding_reproduces_the_word(pack, sd1):
+    _, clip = sd1
+    encoder = pack.comfy_text_encoder.ComfyTextEncoder(clip)
+    Learnable = pack.text_encoder.LearnableTokens
+    with torch.inference_mode():
+        cat = encoder.word_embeddings("l", "cat")
+        a = encoder.word_embeddings("l", "a")
+        at_end = encoder.encode("a photo of a", Learnable({"l": cat}, "end")).cross_attn
+        at_start = encoder.encode("photo of a cat", Learnable({"l": a}, "start")).cross_attn
+    reference = _plain(clip, "a photo of a cat")
+    assert cat.shape == (1, 768)
+    torch.testing.assert_close(at_end, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(at_start, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_end_token_changes_only_later_positions_and_gets_gradient(pack, sd1):
+    _, clip = sd1
+    encoder = pack.comfy_text_encoder.ComfyTextEncoder(clip)
+    vocab_before = encoder.vocabulary("l")
+    token = torch.randn(1, 768, generator=torch.Generator().manual_seed(0)) * 0.05
+    with torch.inference_mode(False):
+        token.requires_grad_(True)
+        with encoder:
+            out = encoder.encode("a photo of a", pack.text_encoder.LearnableTokens({"l": token}))
+        out.cross_attn.square().sum().backward()
+    plain = _plain(clip, "a photo of a")
+    # BOS + 4 prompt tokens come before the placeholder: CLIP is causal, so they are unchanged.
+    torch.testing.assert_close(out.cross_attn[:, :5], plain[:, :5], atol=1e-5, rtol=1e-5)
+    assert (out.cross_attn[:, 5] - plain[:, 5]).abs().max() > 1e-3
+    assert token.grad is not None and token.grad.abs().sum() > 0
+    assert torch.equal(encoder.vocabulary("l"), vocab_before)
+
+
+def test_prompt_without_room_for_the_token_is_refused(pack, sd1):
+    _, clip = sd1
+    encoder = pack.comfy_text_encoder.ComfyTextEncoder(clip)
+    with pytest.raises(ValueError, match="no room"):
+        encoder.tokens("cat " * 75, pack.text_encoder.LearnableTokens({"l": torch.zeros(1, 768)}))
+    with pytest.raises(ValueError, match="768-wide"):
+        encoder.tokens("cat", pack.text_encoder.LearnableTokens({"l": torch.zeros(1, 1024)}))
+
+
+def test_denoiser_x0_equals_the_models_own_apply_model(pack, sd1):
+    model, clip = sd1
+    cond, pooled = None, None
+    with torch.inference_mode():
+        cond = clip.encode_from_tokens(clip.tokenize(PROMPT))
+    latent = torch.zeros(1, 4, 8, 8)
+    gen = torch.Generator().manual_seed(1)
+    with torch.inference_mode(False), torch.enable_grad():
+        with pack.comfy_denoiser.prepared_denoiser(model, [[cond, {}]], latent) as (denoiser, scope):
+            sigma = denoiser.sigma_at(0.6)
+            x = denoiser.renoise(torch.randn(latent.shape, generator=gen), sigma, torch.randn(latent.shape, generator=gen))
+            c = cond.clone()
+            ours = denoiser.predict_x0(x, sigma, pack.conditioning.TextConditioning(c))
+            assert scope.extra_bytes > 0
+            reference = model.model.apply_model(x, torch.tensor([sigma]), c_crossattn=c)
+    assert denoiser.prediction is pack.prediction.PredictionType.EPS
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    assert abs(denoiser.fraction_of(sigma) - 0.6) < 2e-3
+    assert denoiser.sigma_at(1.0) == pytest.approx(float(model.model.model_sampling.sigma_max))

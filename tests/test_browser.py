@@ -1,0 +1,78 @@
+"""Each workflow in workflows/ loads in the real ComfyUI graph editor (headless Chromium) with no
+missing node types, and the frontend's own graphToPrompt agrees with devtools.workflow_format.
+
+Needs Debian's chromium (scripts/install_browser.sh) and the `playwright` package; playwright's own
+browser download is never used (no internet here).
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, WORKFLOWS
+
+from devtools.workflow_format import ui_to_api
+
+CHROMIUM = "/usr/bin/chromium"
+# Headless as root in a container, with nothing reaching out to Google's services.
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+TIMEOUT_MS = 120_000  # first load of the frontend is slow on small CI machines
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        reason = f"{CHROMIUM} is missing; run scripts/install_browser.sh as root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)  # CI must really run this check
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        # launch() gives every browser a fresh temporary profile (user-data-dir).
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
+    workflow = json.loads(path.read_text())
+    page = browser.new_page(viewport={"width": 1600, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("console", lambda m: m.type == "error" and errors.append(f"console: {m.text}"))
+    try:
+        page.goto(comfy_server.url)
+        # The app exists once the frontend has fetched /object_info and registered the node types.
+        page.wait_for_function("window.app?.graph && Object.keys(LiteGraph.registered_node_types).length > 0")
+        # Missing node types are replaced by placeholder nodes; the dialogs would report them.
+        result = page.evaluate("""async (wf) => {
+            await app.loadGraphData(wf, true, true, null,
+                                    {showMissingNodesDialog: true, showMissingModelsDialog: true});
+            const nodes = app.graph.nodes ?? app.graph._nodes;
+            return {
+                count: nodes.length,
+                unregistered: nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type),
+                output: (await app.graphToPrompt()).output,
+            };
+        }""", workflow)
+        page.wait_for_timeout(500)  # let Vue render any dialog opened by loading
+        dialogs = page.locator(".p-dialog").all_inner_texts()
+        page.screenshot(path=tmp_path / f"{path.stem}.png")
+    finally:
+        page.close()
+    out = ROOT / "output" / "browser"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tmp_path / f"{path.stem}.png", out / f"{path.stem}.png")
+
+    assert result["count"] == len(workflow["nodes"])
+    assert not result["unregistered"], f"node types missing in the editor: {result['unregistered']}"
+    assert not dialogs, f"dialogs after loading: {dialogs}"
+    assert not errors, "browser errors:\n" + "\n".join(errors)
+    # The frontend adds e.g. `_meta` (titles); compare only what /prompt executes.
+    frontend = {nid: {"class_type": n["class_type"], "inputs": n["inputs"]} for nid, n in result["output"].items()}
+    assert frontend == ui_to_api(workflow, object_info)

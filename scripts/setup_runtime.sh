@@ -19,7 +19,7 @@ if [ -n "${COMFYUI_PATH:-}" ]; then
   comfy="$(cd "$COMFYUI_PATH" && pwd)"
   [ -f "$comfy/main.py" ] || { log "COMFYUI_PATH=$COMFYUI_PATH has no main.py"; exit 1; }
   py="${COMFYUI_PYTHON:-$(command -v python3)}"
-  "$py" -c "import pytest" 2>/dev/null || "$py" -m pip install -q pytest >&2
+  "$py" -c "import pytest, playwright" 2>/dev/null || "$py" -m pip install -q pytest playwright >&2
 else
   venv="$cache/venv"
   stamp="$venv/.prompt-optim-stamp"
@@ -27,8 +27,10 @@ else
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "building virtual environment in $venv (first run: a few minutes)"
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip >&2
-    "$venv/bin/python" -m pip install -q -r "$here/runtime-requirements.txt" >&2
+    pip_log="$cache/pip.log"
+    { "$venv/bin/python" -m pip install --upgrade pip &&
+      "$venv/bin/python" -m pip install -r "$here/runtime-requirements.txt"; } > "$pip_log" 2>&1 ||
+      { tail -40 "$pip_log" >&2; log "pip failed; full log: $pip_log"; exit 1; }
     echo "$want" > "$stamp"
   fi
   py="$venv/bin/python"

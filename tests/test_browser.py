@@ -42,13 +42,18 @@ def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
     workflow = json.loads(path.read_text())
     page = browser.new_page(viewport={"width": 1600, "height": 900})
     page.set_default_timeout(TIMEOUT_MS)
-    errors = []
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.on("console", lambda m: m.type == "error" and errors.append(f"console: {m.text}"))
+    page_errors, console_errors = [], []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    # The server's CSP blocks the frontend's lookups on api.comfy.org (node pack info); harmless.
+    page.on("console", lambda m: m.type == "error" and "Content Security Policy" not in m.text
+            and console_errors.append(m.text))
     try:
         page.goto(comfy_server.url)
         # The app exists once the frontend has fetched /object_info and registered the node types.
         page.wait_for_function("window.app?.graph && Object.keys(LiteGraph.registered_node_types).length > 0")
+        # Start-up logs errors of its own (404s for optional user files such as user.css, a frontend
+        # settings bug on a fresh profile); only errors from loading the workflow count.
+        del console_errors[:]
         # Missing node types are replaced by placeholder nodes; the dialogs would report them.
         result = page.evaluate("""async (wf) => {
             await app.loadGraphData(wf, true, true, null,
@@ -72,7 +77,7 @@ def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
     assert result["count"] == len(workflow["nodes"])
     assert not result["unregistered"], f"node types missing in the editor: {result['unregistered']}"
     assert not dialogs, f"dialogs after loading: {dialogs}"
-    assert not errors, "browser errors:\n" + "\n".join(errors)
+    assert not page_errors + console_errors, "browser errors:\n" + "\n".join(page_errors + console_errors)
     # The frontend adds e.g. `_meta` (titles); compare only what /prompt executes.
     frontend = {nid: {"class_type": n["class_type"], "inputs": n["inputs"]} for nid, n in result["output"].items()}
     assert frontend == ui_to_api(workflow, object_info)

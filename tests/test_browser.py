@@ -63,10 +63,21 @@ def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
                 count: nodes.length,
                 unregistered: nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type),
                 output: (await app.graphToPrompt()).output,
+                saved: app.graph.serialize(),  // what "Save" in the editor would write
             };
         }""", workflow)
         page.wait_for_timeout(500)  # let Vue render any dialog opened by loading
         dialogs = page.locator(".p-dialog").all_inner_texts()
+        # Fit the whole graph into the screenshot (the editor's own fit runs before its last resize),
+        # with room at the top for the menu bars drawn over the canvas.
+        page.evaluate("""() => {
+            const r = app.graph.nodes.map(n => n.boundingRect);
+            const x = Math.min(...r.map(b => b[0])), y = Math.min(...r.map(b => b[1]));
+            const w = Math.max(...r.map(b => b[0] + b[2])) - x, h = Math.max(...r.map(b => b[1] + b[3])) - y;
+            app.canvas.ds.fitToBounds([x, y - 0.2 * h, w, 1.2 * h], {zoom: 0.9});
+            app.canvas.setDirty(true, true);
+        }""")
+        page.wait_for_timeout(200)  # one redraw
         page.screenshot(path=tmp_path / f"{path.stem}.png")
     finally:
         page.close()
@@ -81,3 +92,5 @@ def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
     # The frontend adds e.g. `_meta` (titles); compare only what /prompt executes.
     frontend = {nid: {"class_type": n["class_type"], "inputs": n["inputs"]} for nid, n in result["output"].items()}
     assert frontend == ui_to_api(workflow, object_info)
+    # The same once re-saved by the editor (it adds e.g. the seed's "control after generate" value).
+    assert frontend == ui_to_api(result["saved"], object_info)

@@ -24,6 +24,11 @@ def sd1_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sdxl_checkpoint() -> Path:
+    return checkpoint_path("sdxl")  # ~2 GB, generated once into the cache
+
+
+@pytest.fixture(scope="session")
 def ip2p_unet() -> Path:
     """A UNet-only file of a family the pack does not support (InstructPix2Pix)."""
     from devtools.checkpoints import unet_only_path
@@ -32,8 +37,8 @@ def ip2p_unet() -> Path:
 
 
 @pytest.fixture(scope="session")
-def base_dir(tmp_path_factory, sd1_checkpoint, ip2p_unet) -> Path:
-    return make_base_dir(tmp_path_factory.mktemp("comfy_base"), checkpoints=[sd1_checkpoint],
+def base_dir(tmp_path_factory, sd1_checkpoint, sdxl_checkpoint, ip2p_unet) -> Path:
+    return make_base_dir(tmp_path_factory.mktemp("comfy_base"), checkpoints=[sd1_checkpoint, sdxl_checkpoint],
                          diffusion_models=[ip2p_unet])
 
 

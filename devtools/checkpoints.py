@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from devtools.comfy_path import CACHE, add_comfyui_to_path, configure_comfy_args
+from devtools.comfy_path import CACHE, configure_comfy_args
 
 VERSION = 1  # bump when the layout or the init rule changes, so caches refresh
 DEFAULT_DIR = CACHE / "checkpoints"
@@ -103,7 +103,6 @@ def unet_only_path(family: str, seed: int = 0, out_dir: Path | None = None) -> P
     """A diffusion-model-only file (models/diffusion_models layout, for UNETLoader)."""
     from safetensors.torch import save_file
 
-    add_comfyui_to_path()
     configure_comfy_args()
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel

@@ -91,8 +91,11 @@ class GradientCheck(io.ComfyNode):
     def _check_token(clip, prompt, gen):
         with ComfyTextEncoder(clip) as encoder:
             widths = encoder.token_widths
-            start = torch.cat([encoder.vocabulary(k)[torch.randint(0, encoder.vocabulary(k).shape[0], (1,),
-                                                                   generator=gen)] for k in sorted(widths)], dim=1)
+            rows = []
+            for k in sorted(widths):
+                table = encoder.vocabulary(k)  # a copy of the whole table: take it once per encoder
+                rows.append(table[torch.randint(0, table.shape[0], (1,), generator=gen)])
+            start = torch.cat(rows, dim=1)
             plain = encoder.encode(prompt).detach()
             weight = _projection(plain.cross_attn, gen)
             pooled_weight = None if plain.pooled is None else _projection(plain.pooled, gen)

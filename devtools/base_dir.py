@@ -10,16 +10,17 @@ from devtools.comfy_path import PACK_ROOT
 PACK_NAME = "prompt-optim"
 
 
-def make_base_dir(base: Path, checkpoints: list[Path] = (), diffusion_models: list[Path] = ()) -> Path:
+def make_base_dir(base: Path, checkpoints: list[Path] = (), diffusion_models: list[Path] = (),
+                  rewards: list[Path] = ()) -> Path:
     """Lay out BASE with custom_nodes/prompt-optim -> this repo and model files linked in."""
     base = Path(base)
-    for sub in ("custom_nodes", "models/checkpoints", "models/diffusion_models", "input", "output",
+    for sub in ("custom_nodes", "models/checkpoints", "models/diffusion_models", "models/rewards", "input", "output",
                 "user/default", "temp"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACK_NAME
     if not link.exists():
         link.symlink_to(PACK_ROOT, target_is_directory=True)
-    for folder, files in (("checkpoints", checkpoints), ("diffusion_models", diffusion_models)):
+    for folder, files in (("checkpoints", checkpoints), ("diffusion_models", diffusion_models), ("rewards", rewards)):
         for f in files:
             target = base / "models" / folder / Path(f).name
             if not target.exists():

@@ -18,6 +18,7 @@ from pathlib import Path
 from devtools.base_dir import make_base_dir
 from devtools.checkpoints import checkpoint_path
 from devtools.comfy_path import CACHE, PACK_ROOT
+from devtools.reward_models import reward_models_dir
 from devtools.server import ComfyServer
 from devtools.workflow_format import ui_to_api
 
@@ -47,7 +48,9 @@ def main(argv=None) -> int:
         return 2
     base = CACHE / "demo-base"
     shutil.rmtree(base / "models" / "checkpoints", ignore_errors=True)
-    make_base_dir(base, checkpoints=[ckpt])
+    rewards = reward_models_dir()  # tiny random reward models: the demo's scores are not meaningful
+    shutil.rmtree(base / "models" / "rewards", ignore_errors=True)
+    make_base_dir(base, checkpoints=[ckpt], rewards=sorted(p for p in rewards.iterdir() if not p.name.startswith(".")))
     args.output.mkdir(parents=True, exist_ok=True)
     print(f"model: {ckpt}")
     failures = 0

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import reward_folder
 from .gradient_check_node import GradientCheck
+from .reward_nodes import NODES as REWARD_NODES
 
-NODES: list[type[io.ComfyNode]] = [GradientCheck]
+reward_folder.register()
+
+NODES: list[type[io.ComfyNode]] = [GradientCheck, *REWARD_NODES]
 
 
 class PromptOptimExtension(ComfyExtension):

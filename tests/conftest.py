@@ -37,9 +37,21 @@ def ip2p_unet() -> Path:
 
 
 @pytest.fixture(scope="session")
-def base_dir(tmp_path_factory, sd1_checkpoint, sdxl_checkpoint, ip2p_unet) -> Path:
+def reward_models() -> Path:
+    """Tiny random reward models in the users' file layouts (see devtools/reward_models.py)."""
+    from devtools.reward_models import reward_models_dir
+
+    return reward_models_dir()
+
+
+def reward_entries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory, sd1_checkpoint, sdxl_checkpoint, ip2p_unet, reward_models) -> Path:
     return make_base_dir(tmp_path_factory.mktemp("comfy_base"), checkpoints=[sd1_checkpoint, sdxl_checkpoint],
-                         diffusion_models=[ip2p_unet])
+                         diffusion_models=[ip2p_unet], rewards=reward_entries(reward_models))
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +63,12 @@ def comfy(base_dir):
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, sd1_checkpoint):
+def comfy_server(tmp_path_factory, sd1_checkpoint, reward_models):
     """The real ComfyUI main.py, headless on a free loopback port, with only this pack enabled."""
     from devtools.server import ComfyServer
 
-    base = make_base_dir(tmp_path_factory.mktemp("server_base"), checkpoints=[sd1_checkpoint])
+    base = make_base_dir(tmp_path_factory.mktemp("server_base"), checkpoints=[sd1_checkpoint],
+                         rewards=reward_entries(reward_models))
     with ComfyServer(base) as server:
         yield server
 
@@ -77,5 +90,6 @@ def pack(comfy):
     # ComfyUI registers a pack under its folder path (dots escaped) as the package name.
     package = next(name for name in sys.modules if name.endswith(os.sep + "custom_nodes" + os.sep + "prompt-optim"))
     names = ["core.prediction", "core.text_encoder", "core.conditioning", "nodes.comfy_text_encoder",
-             "nodes.comfy_denoiser", "nodes.errors"]
-    return types.SimpleNamespace(**{n.split(".")[-1]: importlib.import_module(f"{package}.{n}") for n in names})
+             "nodes.comfy_denoiser", "nodes.errors", "core.rewards", "nodes.comfy_reward", "nodes.reward_nodes"]
+    return types.SimpleNamespace(**{n.replace(".", "_") if n == "core.rewards" else n.split(".")[-1]:
+                                    importlib.import_module(f"{package}.{n}") for n in names})

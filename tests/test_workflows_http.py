@@ -1,5 +1,6 @@
 """Every workflow in workflows/ runs end to end in the real ComfyUI server, over HTTP (/prompt, /history)."""
 import json
+import math
 
 import pytest
 from PIL import Image
@@ -34,3 +35,8 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
         if node["class_type"] == "PromptOptim_GradientCheck":
             report = entry["outputs"][node_id]["text"][0]
             assert "relative error" in report and "family: SD1.x" in report
+        if node["class_type"] == "PromptOptim_ScoreImages":
+            report = entry["outputs"][node_id]["text"][0]
+            scores = [float(line.split(":")[1].split()[0]) for line in report.splitlines() if line.startswith("image ")]
+            assert len(scores) == latent["batch_size"] and all(math.isfinite(s) for s in scores)
+            assert len(set(scores)) == len(scores), "generated images should score differently"

@@ -1,0 +1,66 @@
+"""Regenerate the example workflows that are written by code (run after changing a node's inputs):
+
+    python -m devtools.example_workflows
+"""
+from __future__ import annotations
+
+from devtools.checkpoints import VERSION as CKPT_VERSION
+from devtools.comfy_path import PACK_ROOT
+from devtools.reward_models import NAMES as REWARD_NAMES
+from devtools.workflow_builder import UIWorkflow
+
+CKPT = f"prompt_optim_test_sd1_v{CKPT_VERSION}_s0.safetensors"
+PROMPT = "a red apple on a wooden table, simple flat illustration"
+
+
+def txt2img(wf: UIWorkflow, prompt: str, batch: int, seed: int = 42):
+    """Checkpoint -> prompts -> KSampler -> VAE decode; returns the decode node id."""
+    ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+                   pos=(40, 200), size=(320, 100))
+    pos = wf.node("CLIPTextEncode", [prompt], inputs=[("clip", "CLIP", ckpt, 1)],
+                  outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 60), size=(400, 160), title="Positive prompt")
+    neg = wf.node("CLIPTextEncode", ["blurry, low quality"], inputs=[("clip", "CLIP", ckpt, 1)],
+                  outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 280), size=(400, 160), title="Negative prompt")
+    latent = wf.node("EmptyLatentImage", [256, 256, batch], outputs=[("LATENT", "LATENT")], pos=(400, 500),
+                     size=(320, 110))
+    sampler = wf.node("KSampler", [seed, "fixed", 12, 7.5, "euler", "normal", 1.0],
+                      inputs=[("model", "MODEL", ckpt, 0), ("positive", "CONDITIONING", pos, 0),
+                              ("negative", "CONDITIONING", neg, 0), ("latent_image", "LATENT", latent, 0)],
+                      outputs=[("LATENT", "LATENT")], pos=(840, 200), size=(320, 270))
+    return wf.node("VAEDecode", [], inputs=[("samples", "LATENT", sampler, 0), ("vae", "VAE", ckpt, 2)],
+                   outputs=[("IMAGE", "IMAGE")], pos=(1200, 200), size=(210, 50))
+
+
+def score_generated_images() -> UIWorkflow:
+    """Generate 4 images, score them with 0.7 x ImageReward + 0.3 x CLIP, save them best first."""
+    wf = UIWorkflow()
+    decode = txt2img(wf, PROMPT, batch=4)
+    reward_out = [("reward", "REWARD_MODEL")]
+    image_reward = wf.node("PromptOptim_LoadRewardModel", ["image_reward", REWARD_NAMES["image_reward"], "none", "", "auto"],
+                           outputs=reward_out, pos=(840, 520), size=(360, 160))
+    clip = wf.node("PromptOptim_LoadRewardModel", ["clip", REWARD_NAMES["clip"], "none", "", "auto"],
+                   outputs=reward_out, pos=(840, 720), size=(360, 160))
+    combined = wf.node("PromptOptim_CombineRewards", [0.7, 0.3, 1.0, 1.0],
+                       inputs=[("reward_1", "REWARD_MODEL", image_reward, 0), ("reward_2", "REWARD_MODEL", clip, 0)],
+                       outputs=reward_out, pos=(1240, 560), size=(300, 200))
+    score = wf.node("PromptOptim_ScoreImages", [PROMPT, False, 0],
+                    inputs=[("images", "IMAGE", decode, 0), ("reward", "REWARD_MODEL", combined, 0)],
+                    outputs=[("best_images", "IMAGE"), ("scores", "FLOAT"), ("mean_score", "FLOAT"),
+                             ("report", "STRING")], pos=(1580, 200), size=(400, 360))
+    wf.node("SaveImage", ["prompt_optim/scored"], inputs=[("images", "IMAGE", score, 0)], pos=(2020, 200),
+            size=(400, 420))
+    return wf
+
+
+WORKFLOWS = {"score_generated_images": score_generated_images}
+
+
+def main():
+    for name, build in WORKFLOWS.items():
+        path = PACK_ROOT / "workflows" / f"{name}.json"
+        build().save(path)
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -52,7 +52,9 @@ class LoadRewardModel(io.ComfyNode):
                                        "checkpoint)."),
                 io.String.Input("open_clip_architecture", default="",
                                 tooltip="For open_clip weight files without an open_clip_config.json: the "
-                                        "architecture name, e.g. ViT-H-14 (HPS v2 uses ViT-H-14 when empty)."),
+                                        "architecture name, e.g. ViT-H-14 (HPS v2 uses ViT-H-14 when empty). "
+                                        "OpenAI-trained weights need the -quickgelu variant, e.g. "
+                                        "ViT-L-14-quickgelu: the plain name loads but gives wrong embeddings."),
                 io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
                                tooltip="Precision of the reward model. auto: fp32 on CPU, half precision on GPU."),
             ],

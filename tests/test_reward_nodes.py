@@ -125,3 +125,30 @@ def test_rewards_folder_is_registered_and_merged(comfy, pack, base_dir):
     module.register()
     assert folder_paths.get_folder_paths("rewards")[:2] == [str(base_dir / "models" / "rewards"), "/elsewhere/rewards"]
     assert set(NAMES.values()) <= set(module.list_entries())
+
+
+def test_hpsv2_loads_through_the_node_with_an_open_clip_architecture(comfy, pack, base_dir, tmp_path):
+    """HPS v2 is a bare open_clip state dict plus an architecture name; a tiny registered one stands in
+    for ViT-H-14 (the full model is 1B parameters)."""
+    open_clip = pytest.importorskip("open_clip")
+    import json
+
+    from test_open_clip_rewards import TINY, TINY_CONFIG
+
+    (tmp_path / f"{TINY}.json").write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(tmp_path)
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY, pretrained=None)
+    hps = base_dir / "models" / "rewards" / "HPS_v2_tiny_compressed.pt"
+    torch.save({"state_dict": model.state_dict()}, hps)
+    graph = _graph("hpsv2", hps.name)
+    graph["load"]["inputs"]["open_clip_architecture"] = TINY
+    comfy.run(graph)
+    scores = torch.tensor(comfy.node_outputs("score")[1])
+    reference = pack.core_rewards.load_reward("hpsv2", hps, architecture=TINY)
+    torch.testing.assert_close(scores, reference(_images(comfy).movedim(-1, 1), "a red square"), rtol=0, atol=1e-5)
+    graph["load"]["inputs"]["open_clip_architecture"] = "ViT-B-32"  # a real architecture that does not fit
+    from devtools.inprocess import GraphError
+
+    with pytest.raises(GraphError, match=r"input 'weights': .*does not match the model"):
+        comfy.run(graph)

@@ -33,7 +33,7 @@ def _images(seed=0, size=(96, 80), n=2):
 
 
 def test_every_family_is_tested():
-    # hpsv2 (open_clip, an optional extra) has its own test file
+    # hpsv2 (open_clip, an optional extra): tests/test_open_clip_rewards.py and the node test
     assert set(NAMES) | {"hpsv2"} == set(FAMILIES)
 
 

@@ -43,7 +43,7 @@ def read_json(path: Path) -> dict:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A flat {key: tensor} from .safetensors or a torch pickle (weights only; 'state_dict' unwrapped)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() in (".safetensors", ".sft"):
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")

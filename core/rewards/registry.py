@@ -26,7 +26,8 @@ class RewardFamily:
 FAMILIES: dict[str, RewardFamily] = {f.id: f for f in [
     RewardFamily("clip", "CLIP similarity (cosine)",
                  f"{HF_CLIP_LAYOUT}; or an open_clip checkpoint (a folder with open_clip_config.json, or a "
-                 "weights file plus its architecture name; needs open_clip_torch)"),
+                 "weights file plus its architecture name, e.g. ViT-L-14-quickgelu for OpenAI-trained weights; "
+                 "needs open_clip_torch)"),
     RewardFamily("pickscore", "PickScore v1", f"{HF_CLIP_LAYOUT} holding yuvalkirstain/PickScore_v1"),
     RewardFamily("hpsv2", "HPS v2", "HPS_v2_compressed.pt (open_clip ViT-H-14 weights; needs open_clip_torch)"),
     RewardFamily("laion_aesthetic", "LAION aesthetic predictor v2",
@@ -51,7 +52,7 @@ def load_clip_backbone(path: str | Path, architecture: str | None = None, device
         return load_hf_clip(path, device, dtype, fallback_tokenizer_dir, what=what)
     from .open_clip_backbone import load_open_clip
 
-    return load_open_clip(path, architecture, device=device, dtype=dtype)
+    return load_open_clip(path, architecture, device=device, dtype=dtype, what=what)
 
 
 def load_reward(family_id: str, path: str | Path, *, backbone_path: str | Path | None = None,

@@ -34,7 +34,7 @@ def prompts_for_batch(prompts: str | Sequence[str], batch: int) -> list[str]:
 def check_images(images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise RewardInputError(f"images must be a B x 3 x H x W tensor with values in [0, 1]; got {shape}.")
+        raise RewardInputError(f"images must be a B x 3 x H x W tensor (values in [0, 1]); got {shape}.")
     if images.shape[0] == 0:
         raise RewardInputError("no images to score.")
     if not torch.isfinite(images).all():
@@ -69,13 +69,6 @@ class Reward(nn.Module, ABC):
         for t in self.parameters():
             return t.device
         return torch.device("cpu")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        for t in self.parameters():
-            if t.dtype.is_floating_point:
-                return t.dtype
-        return torch.float32
 
     def forward(self, images: torch.Tensor, prompts: str | Sequence[str]) -> torch.Tensor:
         check_images(images)

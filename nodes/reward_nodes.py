@@ -83,8 +83,11 @@ class LoadRewardModel(io.ComfyNode):
             return io.NodeOutput(ComfyReward.load(build, dtype))
         except ImportError as e:
             raise NodeInputError(LOAD_NODE, "family", str(e)) from e
-        except (RewardFileError, RewardCheckpointError) as e:
-            blame = "clip_backbone" if backbone is not None and str(backbone) in str(e) else "weights"
+        except (RewardFileError, RewardCheckpointError, ValueError) as e:
+            if isinstance(e, (RewardFileError, RewardCheckpointError)):
+                blame = "clip_backbone" if backbone is not None and str(backbone) in str(e) else "weights"
+            else:  # open_clip: a bare weights file without (or with an unknown) architecture name
+                blame = "open_clip_architecture" if "architecture" in str(e) else "weights"
             raise NodeInputError(LOAD_NODE, blame, str(e)) from e
 
 

@@ -152,3 +152,6 @@ def test_hpsv2_loads_through_the_node_with_an_open_clip_architecture(comfy, pack
 
     with pytest.raises(GraphError, match=r"input 'weights': .*does not match the model"):
         comfy.run(graph)
+    graph["load"]["inputs"]["open_clip_architecture"] = ""
+    with pytest.raises(GraphError, match=r"input 'open_clip_architecture': .*give its open_clip architecture name"):
+        comfy.run(dict(graph, load=dict(graph["load"], inputs=dict(graph["load"]["inputs"], family="clip"))))

@@ -78,9 +78,12 @@ class ComfyReward:
         return self.patchers[0].load_device
 
     @contextmanager
-    def ready(self, grad: bool = False):
-        """The reward on its compute device; with grad=True, usable by autograd inside a node."""
-        mm.load_models_gpu(self.patchers)
+    def ready(self, grad: bool = False, together_with: Sequence[comfy.model_patcher.ModelPatcher] = ()):
+        """The reward on its compute device; with grad=True, usable by autograd inside a node.
+
+        A method that samples while it scores passes its diffusion model (and VAE) in `together_with`,
+        so the memory manager keeps them loaded side by side instead of offloading one for the other."""
+        mm.load_models_gpu([*together_with, *self.patchers])
         with torch.inference_mode(False) if grad else nullcontext():
             with autograd_ready(self.reward) if grad else nullcontext():
                 yield self.reward

@@ -155,3 +155,15 @@ def test_hpsv2_loads_through_the_node_with_an_open_clip_architecture(comfy, pack
     graph["load"]["inputs"]["open_clip_architecture"] = ""
     with pytest.raises(GraphError, match=r"input 'open_clip_architecture': .*give its open_clip architecture name"):
         comfy.run(dict(graph, load=dict(graph["load"], inputs=dict(graph["load"]["inputs"], family="clip"))))
+
+
+def test_reward_loads_together_with_the_diffusion_model(comfy, sd1_checkpoint):
+    import comfy.model_management as mm
+
+    comfy.run(_graph("clip", NAMES["clip"]))
+    reward = comfy.node_outputs("load")[0][0]
+    model, _, vae = comfy.load_checkpoint(sd1_checkpoint.name)
+    mm.unload_all_models()
+    with reward.ready(together_with=[model, vae.patcher]):
+        loaded = [m.model for m in mm.current_loaded_models]
+        assert model in loaded and vae.patcher in loaded and reward.patchers[0] in loaded

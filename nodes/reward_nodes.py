@@ -114,11 +114,14 @@ class CombineRewards(io.ComfyNode):
 
     @classmethod
     def execute(cls, **kwargs) -> io.NodeOutput:
-        parts = [(kwargs[f"reward_{i}"], float(kwargs[f"weight_{i}"])) for i in range(1, cls.SLOTS + 1)
-                 if kwargs.get(f"reward_{i}") is not None]
-        for i, (_, w) in enumerate(parts, 1):
-            if not torch.isfinite(torch.tensor(w)):
+        parts = []
+        for i in range(1, cls.SLOTS + 1):
+            if kwargs.get(f"reward_{i}") is None:
+                continue
+            weight = float(kwargs[f"weight_{i}"])
+            if not torch.isfinite(torch.tensor(weight)):
                 raise NodeInputError(COMBINE_NODE, f"weight_{i}", "must be a finite number.")
+            parts.append((kwargs[f"reward_{i}"], weight))
         return io.NodeOutput(ComfyReward.combine(parts))
 
 

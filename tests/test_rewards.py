@@ -190,6 +190,19 @@ def test_truncated_clip_weights_are_reported_not_randomly_initialized(reward_mod
         load_reward("clip", folder)
 
 
+def test_unexpected_clip_weights_are_reported(reward_models, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(reward_models / NAMES["clip"], tmp_path / "clip")
+    state = load_file(str(folder / "model.safetensors"))
+    state["vision_model.extra_head.weight"] = torch.zeros(2, 2)
+    state["text_model.embeddings.position_ids"] = torch.arange(77)[None]  # harmless in old exports
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(RewardCheckpointError) as error:
+        load_reward("clip", folder)
+    assert "vision_model.extra_head.weight" in str(error.value) and "position_ids" not in str(error.value)
+
+
 def test_unknown_family_lists_the_known_ones(tmp_path):
     with pytest.raises(ValueError, match="choose one of clip, pickscore, hpsv2, laion_aesthetic, image_reward"):
         load_reward("pag", tmp_path)

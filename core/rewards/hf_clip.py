@@ -58,7 +58,10 @@ def load_hf_clip(folder: str | Path, device: torch.device | str = "cpu", dtype: 
     # weights must be ordinary tensors: ComfyUI runs nodes in inference mode, rewards need autograd
     with torch.inference_mode(False):
         model, info = CLIPModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
-        problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+        # old exports carry position_ids buffers that newer transformers no longer stores: harmless
+        info["unexpected_keys"] = [k for k in info.get("unexpected_keys", []) if not k.endswith("position_ids")]
+        problems = {k: sorted(v)[:8] for k, v in info.items()
+                    if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             raise RewardCheckpointError(f"{what}: the weights in '{folder}' do not match its config.json: {problems}")
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)

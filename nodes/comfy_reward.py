@@ -55,8 +55,8 @@ class ComfyReward:
         """`build(device, dtype) -> Reward` builds on the offload device; ComfyUI moves it when needed."""
         load_device = mm.get_torch_device()
         offload_device = mm.unet_offload_device()
-        with torch.inference_mode(False):
-            reward = build(offload_device, compute_dtype(dtype_choice, load_device))
+        # the core loaders build their weights outside inference mode, so autograd can use them later
+        reward = build(offload_device, compute_dtype(dtype_choice, load_device))
         patcher = comfy.model_patcher.ModelPatcher(_Holder(reward), load_device=load_device,
                                                    offload_device=offload_device)
         return cls(reward, [patcher])

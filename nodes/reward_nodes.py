@@ -171,7 +171,8 @@ class ScoreImages(io.ComfyNode):
         keep = order[:top_k] if top_k else order
         report = "\n".join([f"reward: {reward.label}", f"mean {scores.mean():.4f}  min {scores.min():.4f}  "
                             f"max {scores.max():.4f}"] +
-                           [f"image {i}: {scores[i]:.4f}" + ("  *" if i in keep[:1] else "") for i in range(len(scores))])
+                           [f"image {i}: {scores[i]:.4f}" + ("  *" if i == int(order[0]) else "")
+                            for i in range(len(scores))])
         return io.NodeOutput(images[keep], [float(s) for s in scores], float(scores.mean()), report,
                              ui=ui.PreviewText(report))
 

@@ -139,19 +139,15 @@ def test_missing_and_unexpected_checkpoint_keys_are_reported(reward_models, tmp_
     assert "unexpected: blip.itm_head.weight" in str(error.value)
 
 
-def test_wrong_shape_in_aesthetic_head_is_reported(reward_models, tmp_path):
+@pytest.mark.parametrize("key, shape, message", [
+    ("layers.2.weight", (128, 1000), "layer 0 outputs 1024 features but layer 2 takes 1000"),  # broken chain
+    ("layers.0.weight", (1024, 768), "takes 768-d CLIP embeddings but the CLIP model gives 64-d"),  # wrong CLIP
+])
+def test_aesthetic_head_that_does_not_fit_is_refused(reward_models, tmp_path, key, shape, message):
     state = read_state_dict(reward_models / NAMES["laion_aesthetic"])
-    state["layers.2.weight"] = torch.zeros(128, 1000)
+    state[key] = torch.zeros(shape)
     torch.save(state, tmp_path / "head.pth")
-    with pytest.raises(RewardCheckpointError, match="layer 0 outputs 1024 features but layer 2 takes 1000"):
-        load_reward("laion_aesthetic", tmp_path / "head.pth", backbone_path=reward_models / NAMES["clip"])
-
-
-def test_aesthetic_head_on_a_clip_of_the_wrong_width_is_refused(reward_models, tmp_path):
-    state = read_state_dict(reward_models / NAMES["laion_aesthetic"])
-    state["layers.0.weight"] = torch.zeros(1024, 768)
-    torch.save(state, tmp_path / "head.pth")
-    with pytest.raises(RewardCheckpointError, match="takes 768-d CLIP embeddings but the CLIP model gives 64-d"):
+    with pytest.raises(RewardCheckpointError, match=message):
         load_reward("laion_aesthetic", tmp_path / "head.pth", backbone_path=reward_models / NAMES["clip"])
 
 
@@ -208,5 +204,13 @@ def test_unknown_family_lists_the_known_ones(tmp_path):
         load_reward("pag", tmp_path)
 
 
-def test_nothing_is_downloaded():
+def test_missing_vocabulary_falls_back_to_the_local_cache_only(reward_models, tmp_path, monkeypatch):
+    """No vocab.txt and no cached bert-base-uncased (transformers then returns a stub without raising):
+    one error naming the file expected, never a download attempt."""
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    folder = shutil.copytree(reward_models / NAMES["image_reward"], tmp_path / "ir")
+    (folder / "vocab.txt").unlink()
+    for variable in ("HF_HOME", "HF_HUB_CACHE"):
+        monkeypatch.setenv(variable, str(tmp_path / "empty_hf_cache"))
+    with pytest.raises(RewardFileError, match="no bert-base-uncased vocab.txt in .* local Hugging Face cache"):
+        load_reward("image_reward", folder)

@@ -47,9 +47,6 @@ class Reward(nn.Module, ABC):
     #: short id of the reward family, e.g. "image_reward"
     family: str = "reward"
 
-    def __init__(self):
-        super().__init__()
-
     @property
     def label(self) -> str:
         """What the reward is, for reports and progress bars."""

@@ -305,9 +305,10 @@ def load_image_reward_tokenizer(folder: Path, vocab_size: int):
     if source is not None:
         tokenizer = BertTokenizer.from_pretrained(str(source), local_files_only=True)
     else:
+        source = Path("bert-base-uncased (local Hugging Face cache)")
         try:  # a local Hugging Face cache of bert-base-uncased, never a download
             tokenizer = BertTokenizer.from_pretrained("bert-base-uncased", local_files_only=True)
-            source = Path("bert-base-uncased (local Hugging Face cache)")
+            check_tokenizer(tokenizer, vocab_size, str(source))  # a cache miss may return a stub, not raise
         except Exception as e:  # noqa: BLE001 - replaced by a message naming the expected file
             raise RewardFileError(f"ImageReward: no bert-base-uncased vocab.txt in '{folder}' (or its "
                                   "'bert-base-uncased' subfolder) and none in the local Hugging Face cache; "

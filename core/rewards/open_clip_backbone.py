@@ -55,13 +55,10 @@ def import_open_clip(what: str):
 class SquashTransform(ImageTransform):
     """open_clip's 'squash' resize mode: stretch to size x size (aspect not kept, no crop), then normalize."""
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images
-        if tuple(x.shape[-2:]) != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x - mean) / std
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) == (self.size, self.size):
+            return images
+        return F.interpolate(images, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True)
 
 
 def transform_for(open_clip, model: nn.Module, source: str) -> ImageTransform:

@@ -45,7 +45,12 @@ class ImageTransform:
     std: tuple[float, float, float] = CLIP_STD
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = center_crop(resize_short_side(images, self.size), self.size)
+        return self.normalize(self.resize(images))
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        return center_crop(resize_short_side(images, self.size), self.size)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std

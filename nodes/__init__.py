@@ -4,12 +4,13 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from . import reward_folder
+from .date_nodes import NODES as DATE_NODES
 from .gradient_check_node import GradientCheck
 from .reward_nodes import NODES as REWARD_NODES
 
 reward_folder.register()
 
-NODES: list[type[io.ComfyNode]] = [GradientCheck, *REWARD_NODES]
+NODES: list[type[io.ComfyNode]] = [GradientCheck, *REWARD_NODES, *DATE_NODES]
 
 
 class PromptOptimExtension(ComfyExtension):

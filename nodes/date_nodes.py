@@ -1,0 +1,198 @@
+"""DATE nodes: a GUIDER for SamplerCustomAdvanced, a KSampler-like node, and a text encode that keeps its text."""
+from __future__ import annotations
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import node_helpers
+from comfy_api.latest import io
+
+from ..core.date import RULES, SCHEDULES, DateSettings, DateSettingsError, UpdateSchedule
+from .date_guider import DateGuider
+from .errors import NodeInputError, require_prompt
+from .model_family import model_family
+from .reward_nodes import RewardModel
+
+PROMPT_TEXT_KEY = "prompt_optim_text"  # the prompt a conditioning was encoded from, for rewards downstream
+
+ENCODE_NODE = "CLIP Text Encode, keep text (Prompt Optim)"
+GUIDER_NODE = "DATE Guider (Prompt Optim)"
+SAMPLER_NODE = "DATE KSampler (Prompt Optim)"
+
+RULE_HELP = ("paper: c = c_original + rho * g/||g|| at every update, so the embedding stays at distance rho "
+             "from the prompt's own. cumulative: c = c + rho * g/||g|| (the authors' released code), "
+             "updates add up.")
+SCHEDULE_HELP = ("Which steps update the embedding, read with schedule_value: every_k_steps '10' -> steps "
+                 "0, 10, 20, ... ('1' = every step); percent_of_steps '10' -> 10% of the steps, evenly "
+                 "spaced; step_list '0, 5, 20-24' (ranges inclusive, step 0 is the first); sigma_range "
+                 "'1.0-6.0' -> steps starting at a sigma in that range. Paper: every 10th of 50 steps "
+                 "('10% update') or every step.")
+
+
+class TextEncodeKeepText(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PromptOptim_TextEncodeKeepText",
+            display_name=ENCODE_NODE,
+            category="prompt_optim",
+            description="CLIP Text Encode that also stores the prompt text in the conditioning, so reward-driven "
+                        "nodes downstream (DATE) score images against the same text without retyping it. "
+                        "Samples exactly like CLIP Text Encode.",
+            inputs=[io.Clip.Input("clip", tooltip="The text encoder (from the checkpoint loader)."),
+                    io.String.Input("text", multiline=True, dynamic_prompts=True, tooltip="The prompt.")],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, clip, text) -> io.NodeOutput:
+        require_prompt(ENCODE_NODE, "text", text)
+        if clip is None:
+            raise NodeInputError(ENCODE_NODE, "clip", "no CLIP: the checkpoint has no text encoder.")
+        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        return io.NodeOutput(node_helpers.conditioning_set_values(conditioning, {PROMPT_TEXT_KEY: text}))
+
+
+MODEL_HELP = "The diffusion model (SD1.x, SD2.x or SDXL). It is not modified."
+POSITIVE_HELP = ("The prompt's conditioning; DATE updates a copy of its token states. One entry (not combined "
+                 "or area conditioning).")
+NEGATIVE_HELP = "The negative/unconditional conditioning; DATE never changes it."
+CFG_HELP = "Classifier-free guidance scale (paper: 7.5 on SD1.5). The reward sees the guided x0 estimate."
+
+
+def _date_inputs() -> list:
+    return [
+        io.Vae.Input("vae", tooltip="Decodes the x0 estimate for the reward. A TAESD (Load VAE -> taesd / "
+                                   "taesdxl) is much cheaper and slightly less faithful; see decode_scale."),
+        io.Custom("REWARD_MODEL").Input("reward", tooltip="The reward to raise (Load Reward Model, or Combine "
+                                                          "Rewards for a weighted sum)."),
+        io.Float.Input("rho", default=0.5, min=0.001, max=100.0, step=0.01,
+                       tooltip="Update size: the Frobenius norm of each update of the token states "
+                               "(paper and code: 0.5)."),
+        io.Combo.Input("rule", options=list(RULES), default="paper", tooltip=RULE_HELP),
+        io.Combo.Input("schedule", options=list(SCHEDULES), default="every_k_steps", tooltip=SCHEDULE_HELP),
+        io.String.Input("schedule_value", default="10", tooltip=SCHEDULE_HELP),
+        io.Int.Input("iterations", default=1, min=1, max=20,
+                     tooltip="Gradient steps per update step (authors: 1). Each costs one conditional "
+                             "prediction, a VAE decode and a reward pass with backward."),
+        io.Float.Input("prior_weight", default=0.0, min=0.0, max=1e6, step=0.01,
+                       tooltip="Optional penalty w * mean((c_original - c)^2) that keeps the embedding near "
+                               "the prompt's (authors' code, default 0 = off)."),
+        io.Combo.Input("decode_scale", options=["1.0", "0.5", "0.25"], default="1.0",
+                       tooltip="Decode a downscaled latent for the reward: 0.5 costs about a quarter of the "
+                               "decode memory and time, and the reward sees a blurrier picture."),
+        io.String.Input("reward_prompt", default="", optional=True,
+                        tooltip="Text the reward scores against. Empty: the text stored by 'CLIP Text Encode, "
+                                "keep text' in the positive conditioning."),
+    ]
+
+
+def _reward_prompt(node: str, positive, given: str | None) -> str:
+    if given and given.strip():
+        return given
+    stored = [entry[1].get(PROMPT_TEXT_KEY) for entry in positive if entry[1].get(PROMPT_TEXT_KEY)]
+    if not stored:
+        raise NodeInputError(node, "reward_prompt", "empty, and the positive conditioning carries no text: type "
+                                                    "the prompt here or encode it with '" + ENCODE_NODE + "'.")
+    return stored[0]
+
+
+def build_guider(node: str, model, positive, negative, cfg, vae, reward, rho, rule, schedule, schedule_value,
+                 iterations, prior_weight, decode_scale, reward_prompt) -> DateGuider:
+    model_family(model, node)  # refuses families whose gradients we have not verified
+    if vae is None:
+        raise NodeInputError(node, "vae", "no VAE connected; the reward needs decoded images.")
+    try:
+        settings = DateSettings(rho=rho, rule=rule, prior_weight=prior_weight, iterations=iterations)
+    except DateSettingsError as e:
+        raise NodeInputError(node, str(e).split(" ")[0], str(e)) from None
+    try:
+        plan = UpdateSchedule(schedule, schedule_value)
+    except DateSettingsError as e:
+        raise NodeInputError(node, "schedule_value", str(e)) from None
+    text = _reward_prompt(node, positive, reward_prompt)
+    guider = DateGuider(model, cfg, settings, plan, reward, vae, text, decode_scale=float(decode_scale))
+    guider.set_conds(positive, negative)
+    return guider
+
+
+class DateGuiderNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PromptOptim_DATEGuider",
+            display_name=GUIDER_NODE,
+            category="prompt_optim/DATE",
+            description="DATE (Diffusion Adaptive Text Embedding): classifier-free guidance whose positive text "
+                        "embedding moves toward a higher reward at scheduled steps. At an update step the reward "
+                        "is measured on the decoded CFG x0 estimate and the token states follow its normalized "
+                        "gradient; the negative never changes. Use with SamplerCustomAdvanced and any sampler "
+                        "and sigmas.",
+            inputs=[io.Model.Input("model", tooltip=MODEL_HELP),
+                    io.Conditioning.Input("positive", tooltip=POSITIVE_HELP),
+                    io.Conditioning.Input("negative", tooltip=NEGATIVE_HELP),
+                    io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_HELP),
+                    *_date_inputs()],
+            outputs=[io.Guider.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, cfg, vae, reward, rho, rule, schedule, schedule_value,
+                iterations, prior_weight, decode_scale, reward_prompt=None) -> io.NodeOutput:
+        return io.NodeOutput(build_guider(GUIDER_NODE, model, positive, negative, cfg, vae, reward, rho, rule,
+                                          schedule, schedule_value, iterations, prior_weight, decode_scale,
+                                          reward_prompt))
+
+
+class DateSamplerNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PromptOptim_DATESampler",
+            display_name=SAMPLER_NODE,
+            category="prompt_optim/DATE",
+            description="KSampler with DATE: same inputs and the same noise as KSampler, plus the DATE settings "
+                        "(see DATE Guider). Outputs the latent and a report of the reward at every update.",
+            inputs=[
+                io.Model.Input("model", tooltip=MODEL_HELP),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed (the same noise as KSampler with this seed)."),
+                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Sampling steps (paper: 50)."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_HELP),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
+                               tooltip="Any ComfyUI sampler (paper: DDIM)."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform",
+                               tooltip="Any ComfyUI scheduler (DDIM's own spacing: ddim_uniform)."),
+                io.Conditioning.Input("positive", tooltip=POSITIVE_HELP),
+                io.Conditioning.Input("negative", tooltip=NEGATIVE_HELP),
+                io.Latent.Input("latent_image", tooltip="The latent to denoise (Empty Latent Image for txt2img)."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="As in KSampler: below 1 only the last part of the schedule runs."),
+                *_date_inputs(),
+            ],
+            outputs=[io.Latent.Output(), io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+                vae, reward, rho, rule, schedule, schedule_value, iterations, prior_weight, decode_scale,
+                reward_prompt=None) -> io.NodeOutput:
+        guider = build_guider(SAMPLER_NODE, model, positive, negative, cfg, vae, reward, rho, rule, schedule,
+                              schedule_value, iterations, prior_weight, decode_scale, reward_prompt)
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                         scheduler=scheduler, denoise=denoise, model_options=model.model_options).sigmas
+        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+        samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas,
+                                denoise_mask=latent_image.get("noise_mask"), callback=callback,
+                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = latent_image.copy()
+        out["samples"] = samples.to(mm.intermediate_device())
+        out.pop("downscale_ratio_spacial", None)
+        return io.NodeOutput(out, guider.last_run.report(reward.label))
+
+
+NODES = [TextEncodeKeepText, DateGuiderNode, DateSamplerNode]

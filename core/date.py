@@ -42,13 +42,14 @@ class DateSettings:
             raise DateSettingsError(f"rule must be one of {RULES}; got {self.rule!r}.")
         if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
             raise DateSettingsError(f"prior_weight must be >= 0; got {self.prior_weight}.")
-        if int(self.iterations) != self.iterations or self.iterations < 1:
+        if not (math.isfinite(self.iterations) and int(self.iterations) == self.iterations >= 1):
             raise DateSettingsError(f"iterations must be a whole number >= 1; got {self.iterations}.")
 
 
 def _parse_numbers(text: str, what: str, cast=int) -> list:
     """'0, 5, 10-14' -> [0, 5, 10, 11, 12, 13, 14] (ranges inclusive, for integers)."""
     values = []
+    text = re.sub(r"\s*-\s*", "-", text.strip())
     for part in filter(None, (p.strip() for p in re.split(r"[,\s]+", text))):
         match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part) if cast is int else None
         try:
@@ -61,6 +62,10 @@ def _parse_numbers(text: str, what: str, cast=int) -> list:
                 values.append(cast(part))
         except ValueError:
             raise DateSettingsError(f"{what}: cannot read {part!r} in {text!r}.") from None
+    if not values:
+        raise DateSettingsError(f"{what}: no number in {text!r}.")
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise DateSettingsError(f"{what}: numbers must be finite and >= 0; got {text!r}.")
     return values
 
 
@@ -85,7 +90,8 @@ class UpdateSchedule:
         if not text:
             raise DateSettingsError(f"schedule value is empty (schedule {self.kind}).")
         if self.kind == "sigma_range":
-            match = re.fullmatch(r"([0-9.eE+]+)\s*(?:-|,|\s)\s*([0-9.eE+]+)", text)
+            number = r"(\d*\.?\d+(?:[eE][+-]?\d+)?)"
+            match = re.fullmatch(number + r"\s*(?:-|,|\s)\s*" + number, text)
             try:
                 numbers = (float(match.group(1)), float(match.group(2))) if match else None
             except ValueError:
@@ -112,7 +118,7 @@ class UpdateSchedule:
             k = int(self._numbers[0])
             return list(range(0, count, k))
         if self.kind == "percent_of_steps":
-            n = min(count, max(1, round(self._numbers[0] * count / 100)))
+            n = min(count, max(1, math.floor(self._numbers[0] * count / 100 + 0.5)))  # halves round up
             return sorted({(j * count) // n for j in range(n)}) if count else []
         if self.kind == "step_list":
             return [i for i in self._numbers if i < count]

@@ -52,7 +52,53 @@ def score_generated_images() -> UIWorkflow:
     return wf
 
 
-WORKFLOWS = {"score_generated_images": score_generated_images}
+DATE_PROMPT = "a red apple on a blue plate"
+REWARD_OUT = [("reward", "REWARD_MODEL")]
+SCORE_OUT = [("best_images", "IMAGE"), ("scores", "FLOAT"), ("mean_score", "FLOAT"), ("report", "STRING")]
+
+
+def date_side_by_side() -> UIWorkflow:
+    """Same seed twice: the fixed prompt embedding (KSampler) vs DATE raising a CLIP reward; both branches
+    scored by the optimized CLIP reward and by ImageReward, which DATE did not see."""
+    wf = UIWorkflow()
+    ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+                   pos=(40, 300), size=(320, 100))
+    pos = wf.node("PromptOptim_TextEncodeKeepText", [DATE_PROMPT], inputs=[("clip", "CLIP", ckpt, 1)],
+                  outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 60), size=(400, 160),
+                  title="Positive prompt (text kept for the reward)")
+    neg = wf.node("CLIPTextEncode", ["blurry, low quality"], inputs=[("clip", "CLIP", ckpt, 1)],
+                  outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 280), size=(400, 160), title="Negative prompt")
+    latent = wf.node("EmptyLatentImage", [256, 256, 2], outputs=[("LATENT", "LATENT")], pos=(400, 500),
+                     size=(320, 110))
+    clip_reward = wf.node("PromptOptim_LoadRewardModel", ["clip", REWARD_NAMES["clip"], "none", "", "auto"],
+                          outputs=REWARD_OUT, pos=(400, 660), size=(360, 160), title="Reward DATE raises (CLIP)")
+    judge = wf.node("PromptOptim_LoadRewardModel", ["image_reward", REWARD_NAMES["image_reward"], "none", "", "auto"],
+                    outputs=REWARD_OUT, pos=(400, 860), size=(360, 160), title="Second reward (ImageReward)")
+    conds = [("positive", "CONDITIONING", pos, 0), ("negative", "CONDITIONING", neg, 0),
+             ("latent_image", "LATENT", latent, 0)]
+    sampling = [42, "fixed", 12, 7.5, "euler", "normal"]
+    plain = wf.node("KSampler", [*sampling, 1.0], inputs=[("model", "MODEL", ckpt, 0), *conds],
+                    outputs=[("LATENT", "LATENT")], pos=(840, 40), size=(320, 270), title="Fixed embedding")
+    date = wf.node("PromptOptim_DATESampler",
+                   [*sampling, 1.0, 0.5, "paper", "every_k_steps", "3", 1, 0.0, "1.0", ""],
+                   inputs=[("model", "MODEL", ckpt, 0), *conds, ("vae", "VAE", ckpt, 2),
+                           ("reward", "REWARD_MODEL", clip_reward, 0)],
+                   outputs=[("LATENT", "LATENT"), ("report", "STRING")], pos=(840, 360), size=(340, 520),
+                   title="DATE (same seed)")
+    for row, (sampler, name) in enumerate([(plain, "fixed_embedding"), (date, "date")]):
+        y = 40 + row * 620
+        decode = wf.node("VAEDecode", [], inputs=[("samples", "LATENT", sampler, 0), ("vae", "VAE", ckpt, 2)],
+                         outputs=[("IMAGE", "IMAGE")], pos=(1220, y), size=(210, 50))
+        for col, (reward, what) in enumerate([(clip_reward, "CLIP (optimized)"), (judge, "ImageReward (held out)")]):
+            wf.node("PromptOptim_ScoreImages", [DATE_PROMPT, False, 0],
+                    inputs=[("images", "IMAGE", decode, 0), ("reward", "REWARD_MODEL", reward, 0)],
+                    outputs=SCORE_OUT, pos=(1470 + col * 420, y), size=(400, 280), title=f"{name}: {what}")
+        wf.node("SaveImage", [f"prompt_optim/{name}"], inputs=[("images", "IMAGE", decode, 0)],
+                pos=(2330, y), size=(400, 420))
+    return wf
+
+
+WORKFLOWS = {"score_generated_images": score_generated_images, "date_side_by_side": date_side_by_side}
 
 
 def main():

@@ -44,9 +44,12 @@ def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
     page.set_default_timeout(TIMEOUT_MS)
     page_errors, console_errors = [], []
     page.on("pageerror", lambda e: page_errors.append(str(e)))
+    missing = []
+    page.on("response", lambda r: r.status == 404 and missing.append(r.url))
     # The server's CSP blocks the frontend's lookups on api.comfy.org (node pack info); harmless.
+    # 404s are judged by URL below (the console line does not name it).
     page.on("console", lambda m: m.type == "error" and "Content Security Policy" not in m.text
-            and console_errors.append(m.text))
+            and "status of 404" not in m.text and console_errors.append(m.text))
     try:
         page.goto(comfy_server.url)
         # The app exists once the frontend has fetched /object_info and registered the node types.
@@ -93,7 +96,11 @@ def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
     assert not result["unregistered"], f"node types missing in the editor: {result['unregistered']}"
     assert not result["bad_choices"], f"values not among the choices: {result['bad_choices']}"
     assert not dialogs, f"dialogs after loading: {dialogs}"
-    assert not page_errors + console_errors, "browser errors:\n" + "\n".join(page_errors + console_errors)
+    # Start-up asks for optional user files (user.css, saved workflows, templates) that a fresh
+    # profile lacks; those 404s may arrive while the workflow loads. Any other 404 is an error.
+    missing = [url for url in missing if "/api/userdata" not in url and not url.endswith("/user.css")]
+    assert not page_errors + console_errors + missing, "browser errors:\n" + "\n".join(
+        page_errors + console_errors + missing)
     # The frontend adds e.g. `_meta` (titles); compare only what /prompt executes.
     frontend = {nid: {"class_type": n["class_type"], "inputs": n["inputs"]} for nid, n in result["output"].items()}
     assert frontend == ui_to_api(workflow, object_info)

@@ -3,6 +3,8 @@
 Works with every SAMPLER and SIGMAS: a step is recognised by its starting sigma in
 `transformer_options["sample_sigmas"]`; each scheduled step updates once, so the extra model calls of
 second-order or SDE samplers (at sigmas in between, or at the next step's sigma) never add updates.
+(For Heun-type samplers the update of step i + 1 happens at the first call at sigma[i + 1], which is
+step i's corrector evaluation on the predicted state.)
 The VAE and reward ride along as additional models of a cloned ModelPatcher, so ComfyUI loads them
 with the diffusion model (and may offload them afterwards) through its memory manager.
 """
@@ -114,7 +116,7 @@ class DateGuider(comfy.samplers.CFGGuider):
         entry = positive[0]
         if "c_crossattn" not in entry.get("model_conds", {}):
             raise DateGuiderError("this model family does not take its text as cross-attention tokens; "
-                                  "DATE supports models with a c_crossattn input (SD1.x, SD2.x, SDXL, SD3, Flux).")
+                                  "DATE supports SD1.x, SD2.x and SDXL.")
         return entry
 
     def _reference(self, batch: int) -> torch.Tensor:

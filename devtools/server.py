@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -98,9 +100,13 @@ class ComfyServer:
     def object_info(self) -> dict:
         return self.get("/object_info")
 
-    def run(self, graph: dict, timeout: float = 600.0) -> dict:
-        """Queue an API-format graph, wait for it, return its /history entry; raise on errors."""
-        prompt_id = self.post("/prompt", {"prompt": graph, "client_id": str(uuid.uuid4())})["prompt_id"]
+    def run(self, graph: dict, timeout: float = 600.0, events: "EventListener | None" = None) -> dict:
+        """Queue an API-format graph, wait for it, return its /history entry; raise on errors.
+
+        With `events` (an open EventListener), what the UI would receive over the websocket is
+        collected there."""
+        client_id = events.client_id if events else str(uuid.uuid4())
+        prompt_id = self.post("/prompt", {"prompt": graph, "client_id": client_id})["prompt_id"]
         deadline = time.time() + timeout
         while time.time() < deadline:
             history = self.get(f"/history/{prompt_id}")
@@ -123,3 +129,61 @@ class ComfyServer:
                 if image.get("type") == "output":
                     files.append(self.output_dir / image.get("subfolder", "") / image["filename"])
         return files
+
+
+class EventListener:
+    """The websocket side of the UI for one client id: collects progress values and progress texts
+    (the text ComfyUI shows under a running node), as the graph editor would receive them."""
+
+    TEXT_EVENT = 3  # server.BinaryEventTypes.TEXT
+
+    def __init__(self, server: ComfyServer):
+        self.url = server.url.replace("http://", "ws://")
+        self.client_id = str(uuid.uuid4())
+        self.texts: list[tuple[str, str]] = []  # (node id, text)
+        self.progress: list[dict] = []
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+
+    def __enter__(self) -> "EventListener":
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError("websocket did not connect")
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.5)  # the last messages are sent just before /history shows the result
+        self._stop.set()
+        self._thread.join(10)
+
+    def _listen(self):
+        import asyncio
+
+        import aiohttp
+
+        async def listen():
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{self.url}/ws?clientId={self.client_id}") as ws:
+                    self._ready.set()
+                    while not self._stop.is_set():
+                        try:
+                            msg = await ws.receive(timeout=0.2)
+                        except asyncio.TimeoutError:
+                            continue
+                        if msg.type == aiohttp.WSMsgType.BINARY:
+                            self._binary(msg.data)
+                        elif msg.type == aiohttp.WSMsgType.TEXT:
+                            event = json.loads(msg.data)
+                            if event.get("type") == "progress":
+                                self.progress.append(event["data"])
+                        elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            break
+
+        asyncio.run(listen())
+
+    def _binary(self, data: bytes):
+        (event,) = struct.unpack(">I", data[:4])
+        if event == self.TEXT_EVENT:
+            (length,) = struct.unpack(">I", data[4:8])
+            self.texts.append((data[8:8 + length].decode(), data[8 + length:].decode(errors="replace")))

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import WORKFLOWS
+from devtools.server import EventListener
 from devtools.workflow_format import ui_to_api
 
 
@@ -23,7 +24,8 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
     for node in graph.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             assert node["inputs"]["ckpt_name"] == sd1_checkpoint.name  # the embedded default model
-    entry = comfy_server.run(graph)
+    with EventListener(comfy_server) as events:
+        entry = comfy_server.run(graph, events=events)
     files = comfy_server.output_files(entry)
     latent = next(n["inputs"] for n in graph.values() if n["class_type"] == "EmptyLatentImage")
     savers = sum(node["class_type"] == "SaveImage" for node in graph.values())
@@ -41,3 +43,10 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
             scores = [float(line.split(":")[1].split()[0]) for line in report.splitlines() if line.startswith("image ")]
             assert len(scores) == latent["batch_size"] and all(math.isfinite(s) for s in scores)
             assert len(set(scores)) == len(scores), "generated images should score differently"
+        if node["class_type"] == "PromptOptim_DATESampler":
+            # the reward at each update is shown under the node while it samples
+            texts = [text for nid, text in events.texts if nid == node_id and text.startswith("DATE step")]
+            assert len(texts) == len(range(0, node["inputs"]["steps"], int(node["inputs"]["schedule_value"])))
+            assert all(math.isfinite(float(t.rsplit(" ", 1)[1])) for t in texts), texts
+            bar = [p for p in events.progress if p.get("node") == node_id]
+            assert bar and bar[-1]["value"] == bar[-1]["max"] == node["inputs"]["steps"], bar[-3:]

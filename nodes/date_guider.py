@@ -49,7 +49,7 @@ class DateRun:
             return f"DATE: no update step in this schedule (planned {self.planned})."
         lines = [f"DATE with {label}: {len(self.updates)} updates at steps {[u[0] for u in self.updates]}"]
         for step, sigma, records in self.updates:
-            rewards = ", ".join(f"{r.rewards.mean():.4f}" for r in records)
+            rewards = ", ".join(f"{r.rewards.mean():.5g}" for r in records)
             lines.append(f"step {step} (sigma {sigma:.3f}): mean reward {rewards}")
         return "\n".join(lines)
 
@@ -205,7 +205,7 @@ class DateGuider(comfy.samplers.CFGGuider):
         self._current = new
         sigma = float(timestep.reshape(-1)[0])
         self.last_run.updates.append((step, sigma, records))
-        text = f"DATE step {step}: {self.reward.label} " + " -> ".join(f"{r.rewards.mean():.4f}" for r in records)
+        text = f"DATE step {step}: {self.reward.label} " + " -> ".join(f"{r.rewards.mean():.5g}" for r in records)
         log.info(text)
         _progress_text(text)
 

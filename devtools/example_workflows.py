@@ -98,7 +98,48 @@ def date_side_by_side() -> UIWorkflow:
     return wf
 
 
-WORKFLOWS = {"score_generated_images": score_generated_images, "date_side_by_side": date_side_by_side}
+MINORITY_PROMPT = "a portrait photo of a person, studio light"
+LIKELIHOOD_OUT = [("log_likelihood", "FLOAT"), ("mean", "FLOAT"), ("report", "STRING")]
+
+
+def minority_side_by_side() -> UIWorkflow:
+    """Same seed twice: plain KSampler vs MinorityPrompt at the paper's settings, each image's likelihood
+    estimated under the model and the original prompt (MinorityPrompt should lower it)."""
+    wf = UIWorkflow()
+    ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+                   pos=(40, 300), size=(320, 100))
+    pos = wf.node("PromptOptim_MinorityEncode", [MINORITY_PROMPT, "end", "word", "cool", 0],
+                  inputs=[("clip", "CLIP", ckpt, 1)], outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 40),
+                  size=(400, 260), title="Positive prompt (+ placeholder for MinorityPrompt)")
+    neg = wf.node("CLIPTextEncode", ["blurry, low quality"], inputs=[("clip", "CLIP", ckpt, 1)],
+                  outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 340), size=(400, 160), title="Negative prompt")
+    latent = wf.node("EmptyLatentImage", [256, 256, 2], outputs=[("LATENT", "LATENT")], pos=(400, 540),
+                     size=(320, 110))
+    conds = [("positive", "CONDITIONING", pos, 0), ("negative", "CONDITIONING", neg, 0),
+             ("latent_image", "LATENT", latent, 0)]
+    sampling = [42, "fixed", 12, 7.5, "euler", "normal"]
+    plain = wf.node("KSampler", [*sampling, 1.0], inputs=[("model", "MODEL", ckpt, 0), *conds],
+                    outputs=[("LATENT", "LATENT")], pos=(840, 40), size=(320, 270), title="Plain sampling")
+    paper = [10, 0.01, 0.1, 1, 1.0, "squared", True, 0.75, "original", True, 0.0, False, False]
+    minority = wf.node("PromptOptim_MinoritySampler", [*sampling, 1.0, *paper],
+                       inputs=[("model", "MODEL", ckpt, 0), *conds],
+                       outputs=[("LATENT", "LATENT"), ("token", "MINORITY_TOKEN"), ("report", "STRING")],
+                       pos=(840, 360), size=(340, 640), title="MinorityPrompt (same seed)")
+    for row, (sampler, name) in enumerate([(plain, "plain"), (minority, "minority")]):
+        y = 40 + row * 620
+        wf.node("PromptOptim_DenoisingLikelihood", [0, 20],
+                inputs=[("model", "MODEL", ckpt, 0), ("positive", "CONDITIONING", pos, 0),
+                        ("samples", "LATENT", sampler, 0)],
+                outputs=LIKELIHOOD_OUT, pos=(1220, y + 120), size=(360, 240), title=f"{name}: likelihood")
+        decode = wf.node("VAEDecode", [], inputs=[("samples", "LATENT", sampler, 0), ("vae", "VAE", ckpt, 2)],
+                         outputs=[("IMAGE", "IMAGE")], pos=(1220, y), size=(210, 50))
+        wf.node("SaveImage", [f"prompt_optim/{name}"], inputs=[("images", "IMAGE", decode, 0)],
+                pos=(1620, y), size=(400, 420))
+    return wf
+
+
+WORKFLOWS = {"score_generated_images": score_generated_images, "date_side_by_side": date_side_by_side,
+             "minority_side_by_side": minority_side_by_side}
 
 
 def main():

@@ -7,7 +7,7 @@ method differentiates.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import comfy.model_patcher
@@ -15,7 +15,7 @@ import comfy.model_sampling
 import comfy.sampler_helpers
 import comfy.samplers
 
-from ..core.autograd_weights import autograd_ready
+from ..core.autograd_weights import AutogradScope, autograd_ready
 from ..core.conditioning import TextConditioning
 from ..core.denoiser import Denoiser
 from ..core.prediction import PredictionType
@@ -47,7 +47,7 @@ class ComfyDenoiser(Denoiser):
         self.model_sampling = base_model.model_sampling
         self.prediction = prediction_type(self.model_sampling)
 
-    def _with_text(self, cond: TextConditioning, x: torch.Tensor) -> list[dict]:
+    def conds_with_text(self, cond: TextConditioning, x: torch.Tensor) -> list[dict]:
         entries = []
         for entry in self.conds:
             entry = dict(entry, cross_attn=cond.cross_attn)
@@ -58,7 +58,7 @@ class ComfyDenoiser(Denoiser):
 
     def predict_x0(self, x: torch.Tensor, sigma, cond: TextConditioning) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
-        return comfy.samplers.calc_cond_batch(self.model, [self._with_text(cond, x)], x, sigma,
+        return comfy.samplers.calc_cond_batch(self.model, [self.conds_with_text(cond, x)], x, sigma,
                                               self.model_options)[0]
 
     def sigma_at(self, fraction: float) -> float:
@@ -75,11 +75,11 @@ class ComfyDenoiser(Denoiser):
 
 
 @contextmanager
-def prepared_denoiser(model_patcher, positive, latent: torch.Tensor):
+def prepared_denoiser(model_patcher, positive, latent: torch.Tensor, differentiable: bool = True):
     """Load the model as a sampler would and yield (ComfyDenoiser, AutogradScope) outside of sampling.
 
-    The model's inference-mode weights are replaced by ordinary copies for the block and restored
-    afterwards; the scope reports the bytes those copies cost.
+    With `differentiable`, the model's inference-mode weights are replaced by ordinary copies for the
+    block and restored afterwards; the scope reports the bytes those copies cost.
     """
     model_options = comfy.model_patcher.create_model_options_clone(model_patcher.model_options)
     conds = {"positive": comfy.sampler_helpers.convert_cond(positive)}
@@ -90,7 +90,7 @@ def prepared_denoiser(model_patcher, positive, latent: torch.Tensor):
         conds = comfy.samplers.process_conds(inner, latent.to(device), conds, device)
         model_patcher.pre_run()
         try:
-            with autograd_ready(inner) as scope:
+            with (autograd_ready(inner) if differentiable else nullcontext(AutogradScope())) as scope:
                 yield ComfyDenoiser(inner, conds["positive"], model_options), scope
         finally:
             model_patcher.cleanup()

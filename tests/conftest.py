@@ -90,6 +90,7 @@ def pack(comfy):
     # ComfyUI registers a pack under its folder path (dots escaped) as the package name.
     package = next(name for name in sys.modules if name.endswith(os.sep + "custom_nodes" + os.sep + "prompt-optim"))
     names = ["core.prediction", "core.text_encoder", "core.conditioning", "nodes.comfy_text_encoder",
-             "nodes.comfy_denoiser", "nodes.errors", "core.rewards", "nodes.comfy_reward", "nodes.reward_nodes"]
+             "nodes.comfy_denoiser", "nodes.errors", "core.rewards", "nodes.comfy_reward", "nodes.reward_nodes",
+             "nodes.likelihood_node"]
     return types.SimpleNamespace(**{n.replace(".", "_") if n == "core.rewards" else n.split(".")[-1]:
                                     importlib.import_module(f"{package}.{n}") for n in names})

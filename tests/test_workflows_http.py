@@ -35,6 +35,8 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
             assert image.size == (latent["width"], latent["height"])
             assert len(set(image.convert("L").getdata())) > 1, f"{f} is a flat image"
     for node_id, node in graph.items():
+        if object_info[node["class_type"]]["output_node"]:  # an invalid output node is skipped, not fatal
+            assert node_id in entry["outputs"], (node_id, node["class_type"], "did not run")
         if node["class_type"] == "PromptOptim_GradientCheck":
             report = entry["outputs"][node_id]["text"][0]
             assert "relative error" in report and "family: SD1.x" in report
@@ -50,3 +52,17 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
             assert all(math.isfinite(float(t.rsplit(" ", 1)[1])) for t in texts), texts
             bar = [p for p in events.progress if p.get("node") == node_id]
             assert bar and bar[-1]["value"] == bar[-1]["max"] == node["inputs"]["steps"], bar[-3:]
+        if node["class_type"] == "PromptOptim_MinoritySampler":
+            inputs = node["inputs"]
+            optimized = math.ceil(inputs["optimize_fraction"] * inputs["steps"] - 1e-9)
+            inner = optimized * inputs["iterations"]
+            texts = [text for nid, text in events.texts if nid == node_id and text.startswith("MinorityPrompt step")]
+            assert len(texts) == inner, texts  # the objective at every inner iteration, under the node
+            assert all(math.isfinite(float(t.rsplit(" ", 1)[1])) for t in texts), texts
+            bar = [p for p in events.progress if p.get("node") == node_id]  # one bar: steps + inner iterations
+            assert bar and bar[-1]["value"] == bar[-1]["max"] == inputs["steps"] + inner, bar[-3:]
+            assert any(p["value"] <= inner for p in bar[:3]), "the bar moves during the first inner iterations"
+        if node["class_type"] == "PromptOptim_DenoisingLikelihood":
+            report = entry["outputs"][node_id]["text"][0]
+            values = [float(line.split(":")[1]) for line in report.splitlines() if line.startswith("image ")]
+            assert len(values) == latent["batch_size"] and all(math.isfinite(v) for v in values), report

@@ -1,0 +1,246 @@
+"""MinorityPrompt inside a real ComfyUI (in-process executor) on the small SD1 and SDXL checkpoints.
+
+The random test UNets depend only weakly on the text, so the objective moves little per iteration;
+J is summed in float64 so those moves are still measured above rounding.
+"""
+import pytest
+import torch
+
+PROMPT = "a red square"
+
+
+def settings(**overrides) -> dict:
+    return {"iterations": 4, "lr": 0.01, "optimize_fraction": 0.5, "every_n_steps": 2, "sg_lambda": 1.0,
+            "norm": "squared", "anneal": True, "fixed_level": 0.75, "between_steps": "original",
+            "token_per_image": True, "diversity": 0.0, "gradient_checkpointing": False, "measure_gain": True,
+            **overrides}
+
+
+def minority_graph(ckpt: str, *, sampler="euler", scheduler="normal", steps=8, batch=2, seed=3, size=64, cfg=7.5,
+                   init="word", position="end", model=None, **overrides) -> dict:
+    graph = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "pos": {"class_type": "PromptOptim_MinorityEncode",
+                "inputs": {"clip": ["ckpt", 1], "text": PROMPT, "position": position, "init": init,
+                           "init_word": "cool", "init_seed": 0}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "blurry"}},
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}},
+        "guider": {"class_type": "PromptOptim_MinorityGuider",
+                   "inputs": {"model": model or ["ckpt", 0], "cfg": cfg, "positive": ["pos", 0],
+                              "negative": ["neg", 0], **settings(**overrides)}},
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+        "ks": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}},
+        "sig": {"class_type": "BasicScheduler",
+                "inputs": {"model": ["ckpt", 0], "scheduler": scheduler, "steps": steps, "denoise": 1.0}},
+        "sca": {"class_type": "SamplerCustomAdvanced",
+                "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["ks", 0],
+                           "sigmas": ["sig", 0], "latent_image": ["lat", 0]}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sca", 0], "filename_prefix": "minority"}},
+    }
+    if model == "v_prediction":
+        graph["msd"] = {"class_type": "ModelSamplingDiscrete",
+                        "inputs": {"model": ["ckpt", 0], "sampling": "v_prediction", "zsnr": False}}
+        graph["guider"]["inputs"]["model"] = ["msd", 0]
+        graph["sig"]["inputs"]["model"] = ["msd", 0]
+    return graph
+
+
+def _run(comfy, graph):
+    comfy.run(graph)
+    return comfy.node_outputs("guider")[0][0], comfy.node_outputs("sca")[0][0]["samples"]
+
+
+def _placeholder_index(clip) -> int:
+    """Index of the end placeholder: right after the prompt's tokens (start token + prompt)."""
+    ids = [t[0] for t in clip.tokenize(PROMPT)["l"][0]]
+    return ids.index(49407, 1)
+
+
+def _claims(comfy, guider, expected_steps):
+    run = guider.last_run
+    assert [s[0] for s in run.steps] == run.planned == expected_steps
+    measurable = []
+    for step, sigma, result in run.steps:
+        # ascent: every Adam step moved the token along the gradient of J (first order gain > 0)
+        assert all(g > 0 for g in result.predicted_gains), (step, result.predicted_gains)
+        # the claim: after the inner iterations J is higher than before, on the same noise draws. Near
+        # sigma 0 a random UNet ignores the text and the predicted change of J sinks below float32
+        # rounding of the UNet's output (~1e-7 relative), where no direction can be measured.
+        if sum(result.predicted_gains) > 1e-6 * float(result.before.mean()):
+            measurable.append(step)
+            assert (result.after > result.before).all(), (step, sigma, result.before, result.after)
+    assert measurable and measurable[0] == expected_steps[0], "the noisiest step must show the gain"
+
+    clip = comfy.node_outputs("ckpt")[1][0]
+    original = comfy.node_outputs("pos")[0][0][0][0]
+    final = run.conditioning.cross_attn.cpu()
+    at = _placeholder_index(clip)
+    # CLIP is causal: with the placeholder at the end, the prompt's own token states are unchanged
+    torch.testing.assert_close(final[:, :at], original[:, :at].expand(final.shape[0], -1, -1), rtol=0, atol=1e-5)
+    assert (final[:, at] - original[:, at]).abs().amax() > 1e-3, "the placeholder's state must differ"
+    assert not torch.equal(run.token.vectors["l"][0], run.token.vectors["l"][1]), "one token per image"
+
+
+def _weights(module) -> dict:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_sd1_objective_rises_and_only_the_placeholder_changes(comfy, sd1_checkpoint):
+    graph = minority_graph(sd1_checkpoint.name)
+    guider, _ = _run(comfy, graph)
+    _claims(comfy, guider, [0, 2])
+    clip = comfy.node_outputs("ckpt")[1][0]
+    model = comfy.node_outputs("ckpt")[0][0]
+    clip_before, unet_before = _weights(clip.cond_stage_model), _weights(model.model)
+    _run(comfy, minority_graph(sd1_checkpoint.name, seed=11))
+    # every vocabulary row and every other weight of the user's CLIP and model is as loaded
+    assert all(torch.equal(v, clip_before[k]) for k, v in clip.cond_stage_model.state_dict().items())
+    assert all(torch.equal(v, unet_before[k]) for k, v in model.model.state_dict().items())
+    assert not model.get_additional_models_with_key("prompt_optim_minority"), "the user's model gets no attachment"
+
+
+def test_sdxl_at_cfg_1_objective_rises_and_only_the_placeholder_changes(comfy, sdxl_checkpoint):
+    """SDXL (both encoders, pooled output, size conditioning) as distilled few-step models run it: cfg 1."""
+    guider, _ = _run(comfy, minority_graph(sdxl_checkpoint.name, cfg=1.0, steps=3, optimize_fraction=1.0,
+                                           every_n_steps=1, iterations=2))
+    _claims(comfy, guider, [0, 1, 2])
+    token = guider.last_run.token
+    assert {k: v.shape[-1] for k, v in token.vectors.items()} == {"l": 768, "g": 1280}
+    original_pooled = comfy.node_outputs("pos")[0][0][0][1]["pooled_output"]
+    pooled = guider.last_run.conditioning.pooled.cpu()
+    assert (pooled - original_pooled).abs().amax() > 1e-4, "SDXL's pooled output follows the placeholder"
+
+
+@pytest.mark.parametrize("sampler, scheduler, steps, fraction, every, expected", [
+    ("euler", "normal", 10, 0.1, 1, [0]),  # the paper's first 10%
+    ("heun", "karras", 8, 0.5, 2, [0, 2]),  # two model calls per step, still one optimization per step
+    ("dpmpp_2m", "normal", 7, 1.0, 3, [0, 3, 6]),
+    ("euler", "normal", 6, 0.0, 1, []),
+])
+def test_optimized_steps_match_the_settings(comfy, sd1_checkpoint, sampler, scheduler, steps, fraction, every,
+                                            expected):
+    graph = minority_graph(sd1_checkpoint.name, sampler=sampler, scheduler=scheduler, steps=steps, batch=1,
+                           optimize_fraction=fraction, every_n_steps=every, iterations=2, measure_gain=False)
+    guider, _ = _run(comfy, graph)
+    run = guider.last_run
+    assert run.planned == expected and [s[0] for s in run.steps] == expected
+    assert all(len(r.objectives) == 2 for _, _, r in run.steps)
+
+
+def test_v_prediction_model_is_optimized_too(comfy, sd1_checkpoint):
+    guider, _ = _run(comfy, minority_graph(sd1_checkpoint.name, model="v_prediction", batch=1))
+    assert [s[0] for s in guider.last_run.steps] == [0, 2]
+    assert all((r.after > r.before).all() for _, _, r in guider.last_run.steps)
+
+
+def test_same_seed_same_image_and_between_steps_setting(comfy, sd1_checkpoint):
+    graph = minority_graph(sd1_checkpoint.name, measure_gain=False)
+    _, first = _run(comfy, graph)
+    first = first.clone()
+    _run(comfy, minority_graph(sd1_checkpoint.name, seed=5, measure_gain=False))
+    _, again = _run(comfy, graph)
+    assert torch.equal(first, again), "same seed and settings must give the same latent"
+    _, kept = _run(comfy, minority_graph(sd1_checkpoint.name, between_steps="keep", measure_gain=False))
+    assert not torch.equal(first, kept), "keeping the token between optimized steps changes the result"
+
+
+def sampler_graph(ckpt: str, seed=3, fraction=0.5, batch=2, **overrides) -> dict:
+    graph = minority_graph(ckpt, batch=batch)
+    for key in ("guider", "noise", "ks", "sig", "sca"):
+        graph.pop(key)
+    graph.pop("save")
+    node_settings = {k: v for k, v in overrides.items() if k in settings()}
+    graph["mks"] = {"class_type": "PromptOptim_MinoritySampler",
+                    "inputs": {"model": ["ckpt", 0], "seed": seed, "steps": 8, "cfg": 7.5, "sampler_name": "euler",
+                               "scheduler": "normal", "positive": ["pos", 0], "negative": ["neg", 0],
+                               "latent_image": ["lat", 0], "denoise": 1.0,
+                               **settings(optimize_fraction=fraction, measure_gain=False, **node_settings)}}
+    return graph
+
+
+def test_sampler_node_without_optimized_steps_equals_ksampler(comfy, sd1_checkpoint):
+    graph = sampler_graph(sd1_checkpoint.name, fraction=0.0)
+    graph["ref"] = {"class_type": "KSampler",
+                    "inputs": {"model": ["ckpt", 0], "seed": 3, "steps": 8, "cfg": 7.5, "sampler_name": "euler",
+                               "scheduler": "normal", "positive": ["pos", 0], "negative": ["neg", 0],
+                               "latent_image": ["lat", 0], "denoise": 1.0}}
+    graph["out"] = {"class_type": "SaveLatent", "inputs": {"samples": ["mks", 0], "filename_prefix": "m"}}
+    graph["out2"] = {"class_type": "SaveLatent", "inputs": {"samples": ["ref", 0], "filename_prefix": "r"}}
+    comfy.run(graph)
+    plain = comfy.node_outputs("mks")[0][0]["samples"]
+    assert torch.equal(plain, comfy.node_outputs("ref")[0][0]["samples"])
+    assert "no optimized step" in comfy.node_outputs("mks")[2][0]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_saved_embedding_reproduces_the_optimized_conditioning(comfy, pack, sd1_checkpoint, sdxl_checkpoint,
+                                                               family):
+    ckpt = (sd1_checkpoint if family == "sd1" else sdxl_checkpoint).name
+    name = f"mp_roundtrip_{family}"
+    graph = sampler_graph(ckpt, batch=2, iterations=2)
+    graph["emb"] = {"class_type": "PromptOptim_SaveMinorityEmbedding",
+                    "inputs": {"token": ["mks", 1], "name": name, "image_index": 1}}
+    comfy.run(graph)
+    usage = comfy.node_outputs("emb")[0][0]
+    token = comfy.node_outputs("mks")[1][0]
+    saved = usage.split("embedding:")[1]
+    assert usage == f"{PROMPT} embedding:{saved}" and saved.startswith(name)
+
+    clip = comfy.node_outputs("ckpt")[1][0]
+    # exactly what CLIP Text Encode does with the text; the tokenizer finds the file in models/embeddings
+    loaded = clip.encode_from_tokens_scheduled(clip.tokenize(usage))[0]
+    # what the guider encodes with image 1's token, through the same differentiable path
+    learnable = pack.text_encoder.LearnableTokens({k: v[1:2] for k, v in token.vectors.items()}, "end")
+    expected = pack.comfy_text_encoder.ComfyTextEncoder(clip).encode(PROMPT, learnable)
+    torch.testing.assert_close(loaded[0].float(), expected.cross_attn.detach().cpu().float(), rtol=0, atol=1e-5)
+    if family == "sdxl":
+        torch.testing.assert_close(loaded[1]["pooled_output"].float(), expected.pooled.detach().cpu().float(),
+                                   rtol=0, atol=1e-5)
+
+
+def test_cancel_inside_the_inner_loop(comfy, sd1_checkpoint):
+    import comfy.model_management as mm
+
+    graph = minority_graph(sd1_checkpoint.name, batch=1, iterations=5, measure_gain=False)
+    comfy.run(graph)
+    unet = comfy.node_outputs("ckpt")[0][0].model.diffusion_model
+    calls = []
+
+    def interrupt(module, args, output):
+        calls.append(1)
+        mm.interrupt_current_processing(True)
+
+    handle = unet.register_forward_hook(interrupt)
+    try:
+        with pytest.raises(RuntimeError) as error:
+            comfy.run(minority_graph(sd1_checkpoint.name, batch=1, iterations=5, measure_gain=False, seed=99))
+    finally:
+        handle.remove()
+        mm.interrupt_current_processing(False)
+    assert "execution_interrupted" in str(error.value)
+    # 5 iterations would make 10 UNet calls; the cancel is seen within iteration 0 (ComfyUI checks before
+    # each model call) or, at the latest, before iteration 1
+    assert 1 <= len(calls) <= 2, calls
+
+
+def test_likelihood_ranks_a_sample_noised_far_from_the_data_lower(comfy, pack, sd1_checkpoint):
+    """The random UNet predicts about zero; read as v-prediction that is the exact denoiser of N(0, I) data
+    (x0_hat = x / (sigma^2 + 1)), so the model's own samples are data and heavily noised ones are not."""
+    graph = minority_graph(sd1_checkpoint.name, model="v_prediction", batch=3)
+    graph["lik"] = {"class_type": "PromptOptim_DenoisingLikelihood",
+                    "inputs": {"model": ["msd", 0], "positive": ["pos", 0], "samples": ["sca", 0], "evaluation_seed": 0,
+                               "levels": 8}}
+    graph["guider"]["inputs"]["optimize_fraction"] = 0.0  # plain sampling: the model's own samples
+    comfy.run(graph)
+    close = comfy.node_outputs("lik")[0]
+    assert len(close) == 3 and all(torch.isfinite(torch.tensor(close)))
+    samples = comfy.node_outputs("sca")[0][0]["samples"]
+    scale = 0.18215  # SD1 latent scale: model space = raw latent * scale
+    far = samples + 2.0 / scale * torch.randn(samples.shape, generator=torch.Generator().manual_seed(1))
+    lik_class = pack.likelihood_node.DenoisingLikelihood
+    model = comfy.node_outputs("msd")[0][0]
+    positive = comfy.node_outputs("pos")[0][0]
+    out_far = lik_class.execute(model, positive, {"samples": far}, 0, 8)
+    out_close = lik_class.execute(model, positive, {"samples": samples}, 0, 8)
+    assert out_close.result[0] == close, "fixed seed: the same scores again"
+    assert all(f < c for f, c in zip(out_far.result[0], close)), (out_far.result[0], close)

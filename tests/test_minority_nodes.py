@@ -6,6 +6,8 @@ J is summed in float64 so those moves are still measured above rounding.
 import pytest
 import torch
 
+from devtools.inprocess import GraphError
+
 PROMPT = "a red square"
 
 
@@ -244,3 +246,46 @@ def test_likelihood_ranks_a_sample_noised_far_from_the_data_lower(comfy, pack, s
     out_close = lik_class.execute(model, positive, {"samples": samples}, 0, 8)
     assert out_close.result[0] == close, "fixed seed: the same scores again"
     assert all(f < c for f, c in zip(out_far.result[0], close)), (out_far.result[0], close)
+
+
+def _error(comfy, graph) -> str:
+    with pytest.raises(GraphError) as error:
+        comfy.run(graph)
+    return error.value.message["exception_message"]
+
+
+def test_bad_inputs_are_refused_with_the_node_and_input_named(comfy, sd1_checkpoint, ip2p_unet):
+    name = sd1_checkpoint.name
+    graph = minority_graph(name)
+    graph["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": PROMPT}}
+    message = _error(comfy, graph)
+    assert "MinorityPrompt Guider" in message and "input 'positive'" in message and "placeholder" in message
+
+    graph = minority_graph(name)
+    graph["pos"]["inputs"]["init_word"] = "qwzxvkj"
+    message = _error(comfy, graph)
+    assert "input 'init_word'" in message and "one token" in message
+
+    graph = minority_graph(name)
+    graph["pos"]["inputs"]["text"] = "  "
+    assert "input 'text'" in _error(comfy, graph)
+
+    graph = minority_graph(name)
+    graph["pos"]["inputs"]["text"] = "a " * 75  # fills CLIP's 77-token window: no room for the placeholder
+    message = _error(comfy, graph)
+    assert "input 'text'" in message and "shorten the prompt" in message
+
+    graph = minority_graph(name, token_per_image=False, diversity=0.5)
+    assert "input 'diversity'" in _error(comfy, graph)
+
+    graph = minority_graph(name)
+    graph["unet"] = {"class_type": "UNETLoader", "inputs": {"unet_name": ip2p_unet.name, "weight_dtype": "default"}}
+    graph["guider"]["inputs"]["model"] = ["unet", 0]
+    assert "input 'model'" in _error(comfy, graph)
+
+    graph = sampler_graph(name, fraction=0.5, batch=1, iterations=1)
+    graph["emb"] = {"class_type": "PromptOptim_SaveMinorityEmbedding",
+                    "inputs": {"token": ["mks", 1], "name": "../outside", "image_index": 0}}
+    assert "input 'name'" in _error(comfy, graph)
+    graph["emb"]["inputs"].update(name="fine", image_index=3)
+    assert "input 'image_index'" in _error(comfy, graph)

@@ -6,13 +6,15 @@ from comfy_api.latest import ComfyExtension, io
 from . import reward_folder
 from .date_nodes import NODES as DATE_NODES
 from .gradient_check_node import GradientCheck
+from .ipgo_nodes import NODES as IPGO_NODES
 from .likelihood_node import NODES as LIKELIHOOD_NODES
 from .minority_nodes import NODES as MINORITY_NODES
 from .reward_nodes import NODES as REWARD_NODES
 
 reward_folder.register()
 
-NODES: list[type[io.ComfyNode]] = [GradientCheck, *REWARD_NODES, *DATE_NODES, *MINORITY_NODES, *LIKELIHOOD_NODES]
+NODES: list[type[io.ComfyNode]] = [GradientCheck, *REWARD_NODES, *DATE_NODES, *MINORITY_NODES, *LIKELIHOOD_NODES,
+                                  *IPGO_NODES]
 
 
 class PromptOptimExtension(ComfyExtension):

@@ -11,15 +11,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 import comfy.model_management as mm
 import comfy.samplers
 
 from ..core.autograd_weights import autograd_ready
-from ..core.date import DateSettings, UpdateRecord, UpdateSchedule, date_update, pixels_from_decoder
+from ..core.date import DateSettings, UpdateRecord, UpdateSchedule, date_update
 from .comfy_reward import ComfyReward
 from .step_guider import GuiderError, SteppedGuider, progress_text
+from .vae_pixels import decode_pixels
 
 ADDITIONAL_MODELS_KEY = "prompt_optim_date"
 log = logging.getLogger("prompt_optim.date")
@@ -91,15 +91,10 @@ class DateGuider(SteppedGuider):
 
     # -- an update step --------------------------------------------------------------------------
     def _decode(self, x0: torch.Tensor) -> torch.Tensor:
-        latent = self.inner_model.process_latent_out(x0)
-        if self.decode_scale != 1.0:
-            latent = F.interpolate(latent, scale_factor=self.decode_scale, mode="bilinear", align_corners=False)
-        vae_model = self.vae.first_stage_model
-        device = next(vae_model.parameters()).device
-        decoded = vae_model.decode(latent.to(device, self.vae.vae_dtype))
-        if decoded.ndim != 4:
-            raise DateGuiderError(f"the VAE decodes to {decoded.ndim}-D output; DATE needs images (B, C, H, W).")
-        return pixels_from_decoder(decoded)
+        try:
+            return decode_pixels(self.vae, self.inner_model, x0, self.decode_scale)
+        except ValueError as e:
+            raise DateGuiderError(f"{e} (DATE)") from None
 
     def scheduled_step(self, x, timestep, model_options, seed, step, sigmas):
         uncond, uncond_pred = self.uncond_prediction(x, timestep, model_options)  # once, without gradient

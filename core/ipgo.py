@@ -85,6 +85,8 @@ def rotate_pairs(vector: torch.Tensor, angle: torch.Tensor, offset: int) -> torc
 
 def rotate_tokens(tokens: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """The paper's rotation of (n, width) tokens by (n, 2) angles: token i's pairs start at i, then i + 1."""
+    if tokens.shape[0] == 0:
+        return tokens
     rows = []
     for i in range(tokens.shape[0]):
         row = tokens[i]

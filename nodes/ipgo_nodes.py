@@ -116,7 +116,9 @@ class IpgoOptimize(io.ComfyNode):
                              tooltip="Seed of the tokens' random initialization."),
             ],
             outputs=[
-                IpgoTokens.Output(display_name="tokens", tooltip="The learned tokens (best epoch). Use them with "
+                IpgoTokens.Output(display_name="tokens", tooltip="The learned tokens: those of the best epoch (with several "
+                                                                 "optimizer steps per epoch, i.e. more prompts than "
+                                                                 "accumulation, the last ones). Use them with "
                                                                  "'IPGO Encode with Learned Tokens' or save them."),
                 io.Conditioning.Output(display_name="positive", tooltip="The first prompt with the learned tokens."),
                 io.Conditioning.Output(display_name="negative", tooltip="The matching negative (same length)."),
@@ -180,7 +182,11 @@ class IpgoOptimize(io.ComfyNode):
             bar.update_absolute(done[0], bar.total)
             return images
 
+        constraint = {"orthonormality": 0.0, "in_range": True}
+
         def on_epoch(epoch, mean, lr):
+            constraint["orthonormality"] = max(constraint["orthonormality"], tokens.orthonormality_error())
+            constraint["in_range"] &= tokens.in_range()
             progress_text(f"IPGO epoch {epoch + 1}/{epochs}: {reward.label} {mean:.5g} (lr {lr:.3g})")
 
         with torch.inference_mode(False), torch.enable_grad():
@@ -193,22 +199,25 @@ class IpgoOptimize(io.ComfyNode):
                         "settings": json.dumps(settings.__dict__), "best_epoch": str(result.best_epoch + 1),
                         "best_reward": f"{result.best_reward:.6g}"}
         images = torch.cat([result.best_outputs[i] for i in sorted(result.best_outputs)])
-        report = _report(result, reward.label, len(texts), renderer.model_calls_with_grad)
+        report = _report(result, reward.label, len(texts), renderer.model_calls_with_grad, constraint,
+                         single_step=len(texts) <= accumulation)
         curve = curve_image(result.curve, f"IPGO: mean {reward.label} per epoch", best=result.best_epoch)
         first = sequences[0]
         return io.NodeOutput(learned, first.positive_conditioning(learned), first.negative_conditioning(), images,
                              curve, report, ui=ui.PreviewText(report))
 
 
-def _report(result, label: str, prompts: int, grad_calls: int) -> str:
+def _report(result, label: str, prompts: int, grad_calls: int, constraint: dict, single_step: bool) -> str:
     mode = "prompt-wise" if prompts == 1 else f"batch-wise over {prompts} prompts"
-    kept = "best" if result.tokens is not None and result.optimizer_steps and result.best_epoch >= 0 else "last"
+    kept = "best" if single_step else "last: several optimizer steps per epoch"
     lines = [f"IPGO {mode}: {result.epochs_done} epochs, {result.optimizer_steps} optimizer steps"
              + (" (cancelled: returning the best so far)" if result.cancelled else ""),
              f"{label} per epoch: " + ", ".join(f"{v:.5g}" for v in result.curve),
              f"kept epoch {result.best_epoch + 1} ({kept}): {label} {result.best_reward:.5g}"]
     if result.skipped_steps:
         lines.append(f"{result.skipped_steps} steps skipped by the fp16 gradient scaler (non-finite gradients)")
+    lines.append(f"after every epoch: max |W^T W - I| {constraint['orthonormality']:.2e}, coefficients and "
+                 f"angles in range: {'yes' if constraint['in_range'] else 'NO'}")
     lines.append(f"diffusion-model calls with gradient: {grad_calls}")
     return "\n".join(lines)
 

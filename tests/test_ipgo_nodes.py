@@ -53,6 +53,10 @@ def test_sd1_reward_rises_tokens_stay_constrained_and_models_untouched(comfy, sd
     assert len(curve_values) == 8
     assert max(curve_values[1:]) > curve_values[0] + 1e-4, curve_values
     assert tokens.info["best_epoch"] == str(1 + curve_values.index(max(curve_values)))
+    # the basis stayed orthonormal and coefficients/angles in range after every update
+    constraints = report.splitlines()[3]
+    assert constraints.endswith("in range: yes") and float(constraints.split("|W^T W - I| ")[1].split(",")[0]) < 1e-4
+    assert report.splitlines()[4] == "diffusion-model calls with gradient: 16"  # K = 2 per epoch
     for module, b in zip((model.model, clip.cond_stage_model, vae.first_stage_model), before):
         assert _unchanged(module, b)
         assert all(p.grad is None for p in module.parameters())
@@ -62,3 +66,141 @@ def test_sd1_reward_rises_tokens_stay_constrained_and_models_untouched(comfy, sd
     torch.testing.assert_close(positive[0][0][0, :3], tokens.prefix, rtol=0, atol=0)
     torch.testing.assert_close(positive[0][0][0, -3:], tokens.suffix, rtol=0, atol=0)
     assert images.shape == (1, 64, 64, 3) and curve.shape[-1] == 3
+
+
+def _error(comfy, graph) -> str:
+    with pytest.raises(GraphError) as error:
+        comfy.run(graph)
+    return str(error.value)
+
+
+def _score(reward_of, image_node, prompt=PROMPT):
+    return {"class_type": "PromptOptim_ScoreImages",
+            "inputs": {"images": [image_node, 0], "reward": [reward_of, 0], "prompt": prompt, "prompt_per_line": False,
+                       "top_k": 0}}
+
+
+def test_apply_reproduces_the_conditioning_and_its_image_scores_as_the_best_epoch(comfy, sd1_checkpoint, base_dir):
+    """Apply -> KSampler (euler, same seed) regenerates the best epoch's image: the last two steps of the
+    optimizer's render are Euler steps too, so the reward of the re-generated image is the kept reward."""
+    graph = optimize_graph(sd1_checkpoint.name, epochs=5)
+    graph.update({
+        "apply": {"class_type": "PromptOptim_IPGOApply",
+                  "inputs": {"clip": ["ckpt", 1], "tokens": ["opt", 0], "text": PROMPT, "negative": ""}},
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "ks": {"class_type": "KSampler",
+               "inputs": {"model": ["ckpt", 0], "seed": 3, "steps": 6, "cfg": 5.0, "sampler_name": "euler",
+                          "scheduler": "normal", "positive": ["apply", 0], "negative": ["apply", 1],
+                          "latent_image": ["lat", 0], "denoise": 1.0}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
+        "score": _score("rw", "dec"),
+        "save": {"class_type": "PromptOptim_SaveIPGOTokens", "inputs": {"tokens": ["opt", 0], "name": "red_square"}},
+    })
+    comfy.run(graph)
+    tokens, positive, negative = (comfy.node_outputs("opt")[i][0] for i in range(3))
+    applied_pos, applied_neg = (comfy.node_outputs("apply")[i][0] for i in range(2))
+    for a, b in ((applied_pos, positive), (applied_neg, negative)):
+        assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[0][1]["pooled_output"], b[0][1]["pooled_output"])
+    best = float(tokens.info["best_reward"])
+    rescored = float(comfy.node_outputs("score")[2][0])
+    assert rescored == pytest.approx(best, rel=1e-3, abs=1e-5), (rescored, best)
+
+    # save -> load is exact, metadata included
+    file = comfy.node_outputs("save")[0][0]
+    saved = base_dir / "models" / "ipgo_tokens" / file
+    assert saved.is_file() and torch.equal(safetensors.torch.load_file(saved)["prefix"], tokens.prefix)
+    comfy.run({"load": {"class_type": "PromptOptim_LoadIPGOTokens", "inputs": {"tokens_name": file}},
+               "ckpt": graph["ckpt"],
+               "apply": {"class_type": "PromptOptim_IPGOApply",
+                         "inputs": {"clip": ["ckpt", 1], "tokens": ["load", 0], "text": PROMPT, "negative": ""}},
+               "out": {"class_type": "PreviewAny", "inputs": {"source": ["apply", 0]}}})
+    loaded = comfy.node_outputs("load")[0][0]
+    assert torch.equal(loaded.prefix, tokens.prefix) and torch.equal(loaded.suffix, tokens.suffix)
+    assert loaded.info == tokens.info
+    assert torch.equal(comfy.node_outputs("apply")[0][0][0][0], positive[0][0])
+
+
+def test_cancel_mid_run_returns_the_best_so_far(comfy, sd1_checkpoint):
+    import comfy.model_management as mm
+
+    comfy.run(optimize_graph(sd1_checkpoint.name, epochs=1))
+    unet = comfy.node_outputs("ckpt")[0][0].model.diffusion_model
+    calls, interrupt_at = [], []
+
+    def hook(module, args, output):
+        calls.append(1)
+        if interrupt_at and len(calls) == interrupt_at[0]:
+            mm.interrupt_current_processing(True)
+
+    handle = unet.register_forward_hook(hook)
+    try:
+        comfy.run(optimize_graph(sd1_checkpoint.name, epochs=1, seed=4))
+        per_epoch = len(calls)
+        calls.clear()
+        interrupt_at.append(2 * per_epoch + 2)  # inside the third epoch
+        ui = comfy.run(optimize_graph(sd1_checkpoint.name, epochs=6, seed=5))
+    finally:
+        handle.remove()
+        mm.interrupt_current_processing(False)
+    tokens, report = comfy.node_outputs("opt")[0][0], comfy.node_outputs("opt")[5][0]
+    assert "cancelled" in report and report.startswith("IPGO prompt-wise: 2 epochs")
+    curve = [float(v) for v in report.splitlines()[1].split(": ", 1)[1].split(", ")]
+    assert len(curve) == 2 and float(tokens.info["best_reward"]) == pytest.approx(max(curve), rel=1e-4)
+    assert len(calls) <= 2 * per_epoch + 3, "the run stopped right after the cancel"
+    assert ui["preview"]["images"], "the graph went on with the best images"
+
+
+def test_batch_wise_on_a_prompt_list_then_apply_to_a_new_prompt(comfy, sd1_checkpoint):
+    prompts = "a red square\na blue circle\na green triangle"
+    graph = optimize_graph(sd1_checkpoint.name, prompts, epochs=2, accumulation=2)
+    graph["apply"] = {"class_type": "PromptOptim_IPGOApply",
+                      "inputs": {"clip": ["ckpt", 1], "tokens": ["opt", 0], "text": "a yellow star", "negative": ""}}
+    graph["out"] = {"class_type": "PreviewAny", "inputs": {"source": ["apply", 0]}}
+    comfy.run(graph)
+    tokens, images, report = (comfy.node_outputs("opt")[i][0] for i in (0, 3, 5))
+    assert report.startswith("IPGO batch-wise over 3 prompts: 2 epochs, 4 optimizer steps"), report
+    assert "(last: several optimizer steps per epoch)" in report
+    assert images.shape[0] == 3, "one image per prompt"
+    assert tokens.info["prompts"] == '["a red square", "a blue circle", "a green triangle"]'
+    positive = comfy.node_outputs("apply")[0][0][0][0]
+    assert positive.shape == (1, 3 + 5 + 3, 768)  # BOS a yellow star EOS
+    torch.testing.assert_close(positive[0, :3], tokens.prefix, rtol=0, atol=0)
+
+
+def test_sdxl_tokens_span_both_encoders_and_pooled_stays_the_prompts(comfy, sdxl_checkpoint):
+    graph = optimize_graph(sdxl_checkpoint.name, epochs=3, steps=4, prefix_tokens=2, suffix_tokens=2)
+    comfy.run(graph)
+    tokens, positive, report = (comfy.node_outputs("opt")[i][0] for i in (0, 1, 5))
+    assert tokens.prefix.shape == (2, 2048) and tokens.info["family"] == "SDXL"
+    clip = comfy.node_outputs("ckpt")[1][0]
+    _, pooled = clip.encode_from_tokens(clip.tokenize(PROMPT), return_pooled=True)
+    assert torch.equal(positive[0][1]["pooled_output"].to(pooled), pooled)
+    curve = [float(v) for v in report.splitlines()[1].split(": ", 1)[1].split(", ")]
+    assert max(curve[1:]) > curve[0], curve
+
+
+def test_bad_inputs_are_refused_with_the_node_and_input_named(comfy, sd1_checkpoint, sdxl_checkpoint):
+    name = sd1_checkpoint.name
+    assert "input 'prompts'" in _error(comfy, optimize_graph(name, "  \n "))
+    message = _error(comfy, optimize_graph(name, "a " * 70))
+    assert "input 'prompts'" in message and "window" in message
+    assert "input 'last_steps'" in _error(comfy, optimize_graph(name, steps=4, last_steps=4))
+    message = _error(comfy, optimize_graph(name, rank=1000))
+    assert "input 'rank'" in message and "768" in message
+    graph = optimize_graph(name)
+    graph["xl"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sdxl_checkpoint.name}}
+    graph["opt"]["inputs"]["clip"] = ["xl", 1]
+    assert "input 'clip'" in _error(comfy, graph)
+
+    load = {"load": {"class_type": "PromptOptim_LoadIPGOTokens", "inputs": {"tokens_name": "missing.safetensors"}},
+            "out": {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}}
+    message = _error(comfy, load)
+    assert "missing.safetensors" in message
+
+    graph = optimize_graph(name, epochs=1)
+    graph["xl"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sdxl_checkpoint.name}}
+    graph["apply"] = {"class_type": "PromptOptim_IPGOApply",
+                      "inputs": {"clip": ["xl", 1], "tokens": ["opt", 0], "text": PROMPT, "negative": ""}}
+    graph["out"] = {"class_type": "PreviewAny", "inputs": {"source": ["apply", 0]}}
+    message = _error(comfy, graph)
+    assert "input 'tokens'" in message and "SD1.x" in message

@@ -269,7 +269,7 @@ class SaveIpgoTokens(io.ComfyNode):
             category="prompt_optim/IPGO",
             description=f"Saves learned IPGO tokens as safetensors in models/{TOKENS_FOLDER} (with the prompts, "
                         "reward and settings as metadata).",
-            inputs=[IpgoTokens.Input("tokens"),
+            inputs=[IpgoTokens.Input("tokens", tooltip="From 'IPGO Optimize Prompt Tokens'."),
                     io.String.Input("name", default="ipgo_tokens",
                                     tooltip="File name without extension; if taken, _00001, _00002... is added.")],
             outputs=[io.String.Output(display_name="file")],

@@ -204,3 +204,17 @@ def test_bad_inputs_are_refused_with_the_node_and_input_named(comfy, sd1_checkpo
     graph["out"] = {"class_type": "PreviewAny", "inputs": {"source": ["apply", 0]}}
     message = _error(comfy, graph)
     assert "input 'tokens'" in message and "SD1.x" in message
+
+
+def test_same_seeds_same_run(comfy, sd1_checkpoint):
+    """Two runs that differ only in their number of epochs report the same rewards for their common epochs."""
+    def curve(epochs):
+        comfy.run(optimize_graph(sd1_checkpoint.name, epochs=epochs, seed=8, init_seed=2))
+        report = comfy.node_outputs("opt")[5][0]
+        return report.splitlines()[1].split(": ", 1)[1].split(", "), comfy.node_outputs("opt")[0][0]
+
+    short, short_tokens = curve(2)
+    long, _ = curve(3)
+    assert long[:2] == short and len(long) == 3
+    comfy.run(optimize_graph(sd1_checkpoint.name, epochs=2, seed=8, init_seed=3))
+    assert not torch.equal(comfy.node_outputs("opt")[0][0].prefix, short_tokens.prefix), "init_seed matters"

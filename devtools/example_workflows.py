@@ -138,8 +138,98 @@ def minority_side_by_side() -> UIWorkflow:
     return wf
 
 
+IPGO_PROMPT = "a red apple on a wooden table"
+IPGO_LIST = ["a red apple on a wooden table", "a yellow lemon on a white plate", "a green pear in a basket"]
+IPGO_NEW_PROMPT = "an orange on a kitchen counter"
+IPGO_OUT = [("tokens", "IPGO_TOKENS"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+            ("best_images", "IMAGE"), ("reward_curve", "IMAGE"), ("report", "STRING")]
+
+
+def _ipgo_optimize(wf, ckpt, reward, prompts: str, epochs: int, accumulation: int, title: str):
+    """The optimizer at the paper's token settings but few epochs on a small image (the demo runs on CPUs)."""
+    sampling = [0, 12, 7.5, "euler", "normal", 128, 128]
+    training = [epochs, 0.01, 10, 0.9, accumulation, 10, 10, 300, True, 0.001, 2, 1.0, 0]
+    return wf.node("PromptOptim_IPGOOptimize", [prompts, "", *sampling, *training],
+                   inputs=[("model", "MODEL", ckpt, 0), ("clip", "CLIP", ckpt, 1), ("vae", "VAE", ckpt, 2),
+                           ("reward", "REWARD_MODEL", reward, 0)],
+                   outputs=IPGO_OUT, pos=(400, 40), size=(380, 860), title=title)
+
+
+def _ipgo_compare(wf, ckpt, tokens, judge, prompt: str):
+    """Same seed and sampler as the optimizer: the prompt with the learned tokens vs the raw prompt, scored
+    by a reward the optimizer did not see."""
+    apply = wf.node("PromptOptim_IPGOApply", [prompt, ""],
+                    inputs=[("clip", "CLIP", ckpt, 1), ("tokens", "IPGO_TOKENS", tokens, 0)],
+                    outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")], pos=(840, 40),
+                    size=(360, 200), title="Prompt + learned tokens")
+    raw_pos = wf.node("CLIPTextEncode", [prompt], inputs=[("clip", "CLIP", ckpt, 1)],
+                      outputs=[("CONDITIONING", "CONDITIONING")], pos=(840, 640), size=(360, 120),
+                      title="Raw prompt")
+    raw_neg = wf.node("CLIPTextEncode", [""], inputs=[("clip", "CLIP", ckpt, 1)],
+                      outputs=[("CONDITIONING", "CONDITIONING")], pos=(840, 800), size=(360, 100),
+                      title="Empty negative")
+    latent = wf.node("EmptyLatentImage", [128, 128, 1], outputs=[("LATENT", "LATENT")], pos=(840, 300),
+                     size=(320, 110))
+    sampling = [0, "fixed", 12, 7.5, "euler", "normal", 1.0]
+    rows = [("ipgo", (apply, 0), (apply, 1)), ("raw", (raw_pos, 0), (raw_neg, 0))]
+    for row, (name, pos, neg) in enumerate(rows):
+        y = 40 + row * 560
+        sampler = wf.node("KSampler", sampling,
+                          inputs=[("model", "MODEL", ckpt, 0), ("positive", "CONDITIONING", *pos),
+                                  ("negative", "CONDITIONING", *neg), ("latent_image", "LATENT", latent, 0)],
+                          outputs=[("LATENT", "LATENT")], pos=(1240, y), size=(320, 270), title=f"{name} (same seed)")
+        decode = wf.node("VAEDecode", [], inputs=[("samples", "LATENT", sampler, 0), ("vae", "VAE", ckpt, 2)],
+                         outputs=[("IMAGE", "IMAGE")], pos=(1600, y), size=(210, 50))
+        wf.node("PromptOptim_ScoreImages", [prompt, False, 0],
+                inputs=[("images", "IMAGE", decode, 0), ("reward", "REWARD_MODEL", judge, 0)],
+                outputs=SCORE_OUT, pos=(1600, y + 100), size=(400, 280), title=f"{name}: held-out reward")
+        wf.node("SaveImage", [f"prompt_optim/ipgo_{name}"], inputs=[("images", "IMAGE", decode, 0)],
+                pos=(2040, y), size=(400, 420))
+
+
+def _ipgo_common():
+    wf = UIWorkflow()
+    ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+                   pos=(40, 300), size=(320, 100))
+    reward = wf.node("PromptOptim_LoadRewardModel", ["clip", REWARD_NAMES["clip"], "none", "", "auto"],
+                     outputs=REWARD_OUT, pos=(40, 460), size=(320, 160), title="Reward IPGO raises (CLIP)")
+    judge = wf.node("PromptOptim_LoadRewardModel", ["image_reward", REWARD_NAMES["image_reward"], "none", "", "auto"],
+                    outputs=REWARD_OUT, pos=(40, 680), size=(320, 160), title="Second reward (ImageReward)")
+    return wf, ckpt, reward, judge
+
+
+def _ipgo_outputs(wf, optimize, name: str):
+    wf.node("PreviewImage", [], inputs=[("images", "IMAGE", optimize, 4)], pos=(400, 940), size=(400, 300),
+            title="Reward per epoch")
+    wf.node("PreviewImage", [], inputs=[("images", "IMAGE", optimize, 3)], pos=(840, 940), size=(400, 300),
+            title="Kept epoch's images")
+    wf.node("PromptOptim_SaveIPGOTokens", [name], inputs=[("tokens", "IPGO_TOKENS", optimize, 0)],
+            outputs=[("file", "STRING")], pos=(1280, 1120), size=(320, 100))
+
+
+def ipgo_prompt_wise() -> UIWorkflow:
+    """IPGO on one prompt, then the learned tokens vs the raw prompt with the same seed."""
+    wf, ckpt, reward, judge = _ipgo_common()
+    optimize = _ipgo_optimize(wf, ckpt, reward, IPGO_PROMPT, epochs=3, accumulation=4,
+                              title="IPGO prompt-wise (paper: 50 epochs, lr 0.001, 512x512, 50 LMS steps)")
+    _ipgo_compare(wf, ckpt, optimize, judge, IPGO_PROMPT)
+    _ipgo_outputs(wf, optimize, "ipgo_prompt_wise")
+    return wf
+
+
+def ipgo_batch_wise() -> UIWorkflow:
+    """IPGO on a list of prompts (batch-wise), applied to a prompt it never saw."""
+    wf, ckpt, reward, judge = _ipgo_common()
+    optimize = _ipgo_optimize(wf, ckpt, reward, "\n".join(IPGO_LIST), epochs=2, accumulation=2,
+                              title="IPGO batch-wise (paper: 20 epochs, lr_step 15, lr_gamma 0.95, accumulation 4)")
+    _ipgo_compare(wf, ckpt, optimize, judge, IPGO_NEW_PROMPT)
+    _ipgo_outputs(wf, optimize, "ipgo_batch_wise")
+    return wf
+
+
 WORKFLOWS = {"score_generated_images": score_generated_images, "date_side_by_side": date_side_by_side,
-             "minority_side_by_side": minority_side_by_side}
+             "minority_side_by_side": minority_side_by_side, "ipgo_prompt_wise": ipgo_prompt_wise,
+             "ipgo_batch_wise": ipgo_batch_wise}
 
 
 def main():

@@ -71,8 +71,9 @@ class IpgoOptimize(io.ComfyNode):
                                 tooltip="One prompt, or several, one per line (batch-wise)."),
                 io.String.Input("negative", default="", multiline=False,
                                 tooltip="The unconditional text (paper: empty), cut to the prompt's length."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
-                             tooltip="Noise seed of every generation in the loop (the paper fixes one seed)."),
+                io.Int.Input("sampling_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Noise seed of every generation in the loop (the paper fixes one seed); the "
+                                     "same noise as KSampler with this seed."),
                 io.Int.Input("steps", default=50, min=2, max=1000, tooltip="Sampling steps (paper: 50)."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale (paper: 7.5)."),
@@ -129,7 +130,7 @@ class IpgoOptimize(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, reward, prompts, negative, seed, steps, cfg, sampler_name, scheduler, width,
+    def execute(cls, model, clip, vae, reward, prompts, negative, sampling_seed, steps, cfg, sampler_name, scheduler, width,
                 height, epochs, learning_rate, lr_step, lr_gamma, accumulation, prefix_tokens, suffix_tokens, rank,
                 rotation, conformity_weight, last_steps, clip_norm, init_seed) -> io.NodeOutput:
         node = OPTIMIZE_NODE
@@ -161,6 +162,7 @@ class IpgoOptimize(io.ComfyNode):
 
         latent = comfy.sample.fix_empty_latent_channels(
             model, torch.zeros(1, 4, height // 8, width // 8))
+        seed = sampling_seed
         noise = comfy.sample.prepare_noise(latent, seed)
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
         sampler = comfy.samplers.sampler_object(sampler_name)

@@ -17,7 +17,7 @@ PROMPT = "a red square"
 
 
 def optimize_graph(ckpt: str, prompts: str = PROMPT, *, epochs=6, steps=6, size=64, seed=3, **settings) -> dict:
-    inputs = {"prompts": prompts, "negative": "", "seed": seed, "steps": steps, "cfg": 5.0, "sampler_name": "euler",
+    inputs = {"prompts": prompts, "negative": "", "sampling_seed": seed, "steps": steps, "cfg": 5.0, "sampler_name": "euler",
               "scheduler": "normal", "width": size, "height": size, "epochs": epochs, "learning_rate": 0.05,
               "lr_step": 10, "lr_gamma": 0.9, "accumulation": 4, "prefix_tokens": 3, "suffix_tokens": 3,
               "rank": 16, "rotation": True, "conformity_weight": 0.001, "last_steps": 2, "clip_norm": 1.0,

@@ -62,6 +62,19 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
             bar = [p for p in events.progress if p.get("node") == node_id]  # one bar: steps + inner iterations
             assert bar and bar[-1]["value"] == bar[-1]["max"] == inputs["steps"] + inner, bar[-3:]
             assert any(p["value"] <= inner for p in bar[:3]), "the bar moves during the first inner iterations"
+        if node["class_type"] == "PromptOptim_IPGOOptimize":
+            inputs = node["inputs"]
+            prompts = [p for p in inputs["prompts"].splitlines() if p.strip()]
+            # the reward of every epoch under the node, and one bar tick per generation
+            texts = [text for nid, text in events.texts if nid == node_id and text.startswith("IPGO epoch")]
+            assert [t.split(":")[0] for t in texts] == [f"IPGO epoch {e + 1}/{inputs['epochs']}"
+                                                        for e in range(inputs["epochs"])], texts
+            assert all(math.isfinite(float(t.split(": ")[1].split()[1])) for t in texts), texts
+            bar = [p for p in events.progress if p.get("node") == node_id]
+            assert bar and bar[-1]["value"] == bar[-1]["max"] == inputs["epochs"] * len(prompts), bar[-3:]
+            report = entry["outputs"][node_id]["text"][0]
+            assert report.startswith("IPGO prompt-wise" if len(prompts) == 1 else "IPGO batch-wise"), report
+            assert "in range: yes" in report, report
         if node["class_type"] == "PromptOptim_DenoisingLikelihood":
             report = entry["outputs"][node_id]["text"][0]
             values = [float(line.split(":")[1]) for line in report.splitlines() if line.startswith("image ")]

@@ -4,7 +4,6 @@ The reward is the tiny random CLIP from devtools/reward_models.py: a real differ
 gradient reaches the learned tokens through the reward, the VAE decode, CFG and the last K UNet steps
 exactly as at scale. Images are 64 x 64 and schedules short, so an epoch takes about a second.
 """
-import math
 
 import pytest
 import safetensors.torch

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -121,6 +122,13 @@ class ComfyServer:
                 raise RuntimeError(f"ComfyUI died:\n{self.log_tail()}")
             time.sleep(0.25)
         raise TimeoutError(f"graph {prompt_id} did not finish in {timeout}s")
+
+    def view(self, image: dict) -> bytes:
+        """The bytes of an image an output node reported (SaveImage: output, PreviewImage: temp), via /view."""
+        query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image.get("subfolder", ""),
+                                        "type": image.get("type", "output")})
+        with urllib.request.urlopen(f"{self.url}/view?{query}", timeout=30) as r:
+            return r.read()
 
     def output_files(self, entry: dict) -> list[Path]:
         files = []

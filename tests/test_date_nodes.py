@@ -8,6 +8,7 @@ import torch
 
 from devtools.inprocess import GraphError
 from devtools.reward_models import NAMES
+from devtools.weights import changed_keys, snapshot
 
 PROMPT = "a red square"
 
@@ -106,9 +107,9 @@ def test_same_seed_same_image_and_inputs_untouched(comfy, sd1_checkpoint):
     negative = comfy.node_outputs("neg")[0][0]
     before = [(c.clone(), {k: v.clone() for k, v in d.items() if torch.is_tensor(v)}) for c, d in positive + negative]
     model = comfy.node_outputs("ckpt")[0][0]
-    weights = {k: v.clone() for k, v in model.model.state_dict().items()}
+    weights = snapshot(model.model)
     vae = comfy.node_outputs("ckpt")[2][0]
-    vae_weights = {k: v.clone() for k, v in vae.first_stage_model.state_dict().items()}
+    vae_weights = snapshot(vae.first_stage_model)
 
     _run(comfy, date_graph(sd1_checkpoint.name, seed=4))  # something else in between
     _, again = _run(comfy, graph)
@@ -116,8 +117,8 @@ def test_same_seed_same_image_and_inputs_untouched(comfy, sd1_checkpoint):
 
     for (c, d), (c0, d0) in zip(positive + negative, before):  # the user's conditioning, positive and negative
         assert torch.equal(c, c0) and all(torch.equal(d[k], v) for k, v in d0.items())
-    assert all(torch.equal(v, weights[k]) for k, v in model.model.state_dict().items())
-    assert all(torch.equal(v, vae_weights[k]) for k, v in vae.first_stage_model.state_dict().items())
+    assert changed_keys(model.model, weights) == []
+    assert changed_keys(vae.first_stage_model, vae_weights) == []
     assert not model.get_additional_models(), "the user's ModelPatcher must not carry our extra models"
 
 

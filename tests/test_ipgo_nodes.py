@@ -11,6 +11,7 @@ import torch
 
 from devtools.inprocess import GraphError
 from devtools.reward_models import NAMES
+from devtools.weights import changed_keys, snapshot
 
 PROMPT = "a red square"
 
@@ -33,19 +34,13 @@ def optimize_graph(ckpt: str, prompts: str = PROMPT, *, epochs=6, steps=6, size=
     }
 
 
-def _weights(module) -> dict:
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
-def _unchanged(module, before) -> bool:
-    return all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
 
 
 def test_sd1_reward_rises_tokens_stay_constrained_and_models_untouched(comfy, sd1_checkpoint):
     graph = optimize_graph(sd1_checkpoint.name, epochs=1)
     comfy.run(graph)  # loads the checkpoint; weights are compared around the real run
     model, clip, vae = (comfy.node_outputs("ckpt")[i][0] for i in range(3))
-    before = [_weights(m) for m in (model.model, clip.cond_stage_model, vae.first_stage_model)]
+    before = [snapshot(m) for m in (model.model, clip.cond_stage_model, vae.first_stage_model)]
     comfy.run(optimize_graph(sd1_checkpoint.name, epochs=8))
     tokens, positive, negative, images, curve, report = (comfy.node_outputs("opt")[i][0] for i in range(6))
     curve_values = [float(v) for v in report.splitlines()[1].split(": ", 1)[1].split(", ")]
@@ -57,7 +52,7 @@ def test_sd1_reward_rises_tokens_stay_constrained_and_models_untouched(comfy, sd
     assert constraints.endswith("in range: yes") and float(constraints.split("|W^T W - I| ")[1].split(",")[0]) < 1e-4
     assert report.splitlines()[4] == "diffusion-model calls with gradient: 16"  # K = 2 per epoch
     for module, b in zip((model.model, clip.cond_stage_model, vae.first_stage_model), before):
-        assert _unchanged(module, b)
+        assert changed_keys(module, b) == []
         assert all(p.grad is None for p in module.parameters())
     assert not model.get_additional_models_with_key("prompt_optim_ipgo")
     # the conditioning: [prefix(3); BOS a red square EOS (5); suffix(3)], negative cut to the same length

@@ -1,8 +1,13 @@
 """Every workflow in workflows/ runs end to end in the real ComfyUI server, over HTTP (/prompt, /history)."""
+import io
 import json
 import math
+import re
+from pathlib import Path
 
+import numpy as np
 import pytest
+import safetensors
 from PIL import Image
 
 from conftest import WORKFLOWS
@@ -37,6 +42,8 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
     for node_id, node in graph.items():
         if object_info[node["class_type"]]["output_node"]:  # an invalid output node is skipped, not fatal
             assert node_id in entry["outputs"], (node_id, node["class_type"], "did not run")
+        if node["class_type"] in ("SaveImage", "PreviewImage"):
+            assert entry["outputs"][node_id].get("images"), (node_id, node["class_type"], "wrote no image")
         if node["class_type"] == "PromptOptim_GradientCheck":
             report = entry["outputs"][node_id]["text"][0]
             assert "relative error" in report and "family: SD1.x" in report
@@ -63,19 +70,110 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
             assert bar and bar[-1]["value"] == bar[-1]["max"] == inputs["steps"] + inner, bar[-3:]
             assert any(p["value"] <= inner for p in bar[:3]), "the bar moves during the first inner iterations"
         if node["class_type"] == "PromptOptim_IPGOOptimize":
-            inputs = node["inputs"]
-            prompts = [p for p in inputs["prompts"].splitlines() if p.strip()]
-            # the reward of every epoch under the node, and one bar tick per generation
-            texts = [text for nid, text in events.texts if nid == node_id and text.startswith("IPGO epoch")]
-            assert [t.split(":")[0] for t in texts] == [f"IPGO epoch {e + 1}/{inputs['epochs']}"
-                                                        for e in range(inputs["epochs"])], texts
-            assert all(math.isfinite(float(t.split(": ")[1].split()[1])) for t in texts), texts
-            bar = [p for p in events.progress if p.get("node") == node_id]
-            assert bar and bar[-1]["value"] == bar[-1]["max"] == inputs["epochs"] * len(prompts), bar[-3:]
-            report = entry["outputs"][node_id]["text"][0]
-            assert report.startswith("IPGO prompt-wise" if len(prompts) == 1 else "IPGO batch-wise"), report
-            assert "in range: yes" in report, report
+            check_ipgo(comfy_server, events, graph, entry, node_id)
         if node["class_type"] == "PromptOptim_DenoisingLikelihood":
             report = entry["outputs"][node_id]["text"][0]
             values = [float(line.split(":")[1]) for line in report.splitlines() if line.startswith("image ")]
             assert len(values) == latent["batch_size"] and all(math.isfinite(v) for v in values), report
+
+
+EPOCH_TEXT = re.compile(r"IPGO epoch (\d+)/(\d+): (.+) (\S+) \(lr (\S+)\)")
+SAMPLING = ("steps", "cfg", "sampler_name", "scheduler")
+
+
+def consumers(graph: dict, source: str, slot: int, class_type: str) -> list[str]:
+    """Ids of the `class_type` nodes with an input linked to output `slot` of node `source`."""
+    return [nid for nid, n in graph.items() if n["class_type"] == class_type
+            and [source, slot] in [v for v in n["inputs"].values() if isinstance(v, list)]]
+
+
+def check_ipgo(server, events, graph: dict, entry: dict, node_id: str):
+    """The optimizer's values over the websocket and in its outputs, and the comparison branches downstream:
+    one reward text per epoch equal to the report's curve, the kept epoch's images and the curve previewed,
+    the tokens saved as set, and the learned-token / raw-prompt generations with the optimizer's noise and
+    sampler, scored by a reward it did not optimize."""
+    inputs = graph[node_id]["inputs"]
+    prompts = [p.strip() for p in inputs["prompts"].splitlines() if p.strip()]
+    epochs, size = inputs["epochs"], (inputs["width"], inputs["height"])
+    # the reward of every epoch under the node, in order, exactly once each
+    texts = [text for nid, text in events.texts if nid == node_id and text.startswith("IPGO epoch")]
+    parsed = [EPOCH_TEXT.fullmatch(t) for t in texts]
+    assert all(parsed) and [(int(m[1]), int(m[2])) for m in parsed] == [(e + 1, epochs) for e in range(epochs)], texts
+    rewards = [m[4] for m in parsed]
+    assert all(math.isfinite(float(r)) for r in rewards), texts
+    assert float(parsed[0][5]) == pytest.approx(inputs["learning_rate"], rel=5e-3), texts
+    bar = [p for p in events.progress if p.get("node") == node_id]  # one tick per generation
+    assert bar and bar[-1]["value"] == bar[-1]["max"] == epochs * len(prompts), bar[-3:]
+    # the report agrees with the texts
+    report = entry["outputs"][node_id]["text"][0]
+    lines = report.splitlines()
+    group = min(inputs["accumulation"], len(prompts))
+    steps = epochs * math.ceil(len(prompts) / group)
+    mode = "prompt-wise" if len(prompts) == 1 else f"batch-wise over {len(prompts)} prompts"
+    assert lines[0] == f"IPGO {mode}: {epochs} epochs, {steps} optimizer steps", report
+    label = parsed[0][3]
+    assert lines[1] == f"{label} per epoch: " + ", ".join(rewards), (report, texts)
+    curve = [float(r) for r in rewards]
+    kept = curve.index(max(curve)) + 1 if steps == epochs else epochs  # best epoch, or last with several steps
+    assert lines[2].startswith(f"kept epoch {kept} ({'best' if steps == epochs else 'last'}"), report
+    assert "in range: yes" in report, report
+    # gradients through the last K steps only: K diffusion-model calls per generation
+    assert lines[-1] == f"diffusion-model calls with gradient: {epochs * len(prompts) * inputs['last_steps']}", report
+
+    def images(output_node: str) -> list[dict]:
+        found = entry["outputs"][output_node]["images"]
+        assert found, (output_node, graph[output_node]["class_type"], "wrote no image")
+        return found
+
+    def pixels(image: dict) -> np.ndarray:
+        with Image.open(io.BytesIO(server.view(image))) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+    # previews: the kept epoch's images (one per prompt, at the optimizer's size) and the reward curve
+    (best_preview,) = consumers(graph, node_id, 3, "PreviewImage")
+    best = [pixels(im) for im in images(best_preview)]
+    assert [b.shape[1::-1] for b in best] == [size] * len(prompts)
+    (curve_preview,) = consumers(graph, node_id, 4, "PreviewImage")
+    assert len(images(curve_preview)) == 1
+    # the saved tokens: the node's token counts, the prompts and the kept epoch as metadata
+    (saver,) = consumers(graph, node_id, 0, "PromptOptim_SaveIPGOTokens")
+    saved = re.fullmatch(r"saved (\S+) in (.+)", entry["outputs"][saver]["text"][0])
+    assert saved, entry["outputs"][saver]
+    with safetensors.safe_open(str(Path(saved[2]) / saved[1]), framework="pt") as f:
+        meta = f.metadata()
+        assert f.get_tensor("prefix").shape[0] == inputs["prefix_tokens"]
+        assert f.get_tensor("suffix").shape[0] == inputs["suffix_tokens"]
+    assert json.loads(meta["prompts"]) == prompts and meta["best_epoch"] == str(kept), meta
+    assert meta["reward"] == label and meta["family"] == "SD1.x", meta
+    # every KSampler: the optimizer's noise, schedule and sampler on a latent of its size
+    samplers = [nid for nid, n in graph.items() if n["class_type"] == "KSampler"]
+    applies = consumers(graph, node_id, 0, "PromptOptim_IPGOApply")
+    assert len(samplers) == 2 and len(applies) == 1, (samplers, applies)
+    apply_text = graph[applies[0]]["inputs"]["text"]
+    pictures = {}
+    for nid in samplers:
+        ks = graph[nid]["inputs"]
+        assert ks["seed"] == inputs["sampling_seed"] and ks["denoise"] == 1.0, ks
+        assert all(ks[k] == inputs[k] for k in SAMPLING), (ks, inputs)
+        latent = graph[ks["latent_image"][0]]["inputs"]
+        assert (latent["width"], latent["height"], latent["batch_size"]) == (*size, 1), latent
+        (decode,) = consumers(graph, nid, 0, "VAEDecode")
+        (save,) = consumers(graph, decode, 0, "SaveImage")
+        (picture,) = [pixels(im) for im in images(save)]
+        branch = "ipgo" if ks["positive"][0] in applies else "raw"
+        pictures[branch] = picture
+        if branch == "raw":  # the same prompt, encoded as is
+            assert graph[ks["positive"][0]]["inputs"]["text"] == apply_text, graph[ks["positive"][0]]
+        (scorer,) = consumers(graph, decode, 0, "PromptOptim_ScoreImages")
+        judge = graph[graph[scorer]["inputs"]["reward"][0]]["inputs"]
+        assert graph[scorer]["inputs"]["prompt"] == apply_text, graph[scorer]
+        assert judge["family"] != graph[inputs["reward"][0]]["inputs"]["family"], "the score should be held out"
+    assert set(pictures) == {"ipgo", "raw"}
+    assert np.abs(pictures["ipgo"] - pictures["raw"]).mean() > 1.0, "the learned tokens should change the image"
+    if len(prompts) == 1:
+        # the trained prompt with the kept tokens, same seed and (euler) sampler: the kept epoch's image again
+        assert apply_text == prompts[0] and steps == epochs, apply_text
+        diff = np.abs(pictures["ipgo"] - best[0])
+        assert diff.max() <= 2, f"apply + KSampler differs from the optimizer's kept image by {diff.max()} levels"
+    else:
+        assert apply_text not in prompts, "batch-wise: the tokens are applied to a prompt they were not trained on"

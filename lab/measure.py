@@ -1,0 +1,289 @@
+"""Measure each method's claim in the lab world, through ComfyUI's executor, on the lab model and reward.
+
+    python -m lab.measure [--scale full|ci] [--out benchmarks/lab_results.md] [--grid benchmarks/lab_grid.png]
+
+Same prompts, seeds, sampler and schedule for the baseline and every method arm; the images are judged
+by the world's attribute extractor (not by the reward any method optimized):
+- MinorityPrompt (prompts name shape and color only): the true log-probability of the generated
+  attribute combination should fall and the share of rare values among the unnamed attributes rise,
+  while the named attributes stay (accuracy within a margin of the baseline); the Denoising Likelihood
+  node's estimate should fall too. Ablations: no annealing (fixed re-noise level), lambda = 0 (only the
+  stop-gradient term of the split).
+- DATE (prompts name all five attributes, combinations drawn uniformly so rare ones are common):
+  the extractor's caption-match accuracy should rise. Arms: updates at 10% of the steps, at every step.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lab.world import ATTRIBUTES, Scene, extract
+
+RARE = {a: {v for v, p in d.items() if p <= 0.2} for a, d in ATTRIBUTES.items()}  # values drawn at most 1 in 5
+
+
+@dataclass
+class Scale:
+    prompts: int
+    seeds: int
+    batch: int
+    steps: int
+
+
+SCALES = {"full": Scale(prompts=6, seeds=2, batch=4, steps=20), "ci": Scale(prompts=2, seeds=1, batch=4, steps=12)}
+CFG = 5.0
+MINORITY_PROMPTS = ["a red circle", "a blue square", "a green circle", "a red square", "a blue circle",
+                    "a green square"]
+
+
+def named(prompt: str) -> dict[str, str]:
+    words = set(prompt.replace(",", " ").split())
+    return {a: v for a, d in ATTRIBUTES.items() for v in d if v in words}
+
+
+# -- graphs -------------------------------------------------------------------------------------------
+def sampling_graph(ckpt: str, prompt: str, guider: dict, seed: int, batch: int, steps: int,
+                   encode: str = "CLIPTextEncode") -> dict:
+    """Prompt -> guider -> SamplerCustomAdvanced (euler, normal) -> decode; the guider node is 'guider'."""
+    positive = {"clip": ["ckpt", 1], "text": prompt}
+    if encode == "PromptOptim_MinorityEncode":
+        positive.update(position="end", init="word", init_word="cool", init_seed=0)
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "pos": {"class_type": encode, "inputs": positive},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
+        "guider": guider,
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+        "ks": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "sig": {"class_type": "BasicScheduler",
+                "inputs": {"model": ["ckpt", 0], "scheduler": "normal", "steps": steps, "denoise": 1.0}},
+        "sca": {"class_type": "SamplerCustomAdvanced",
+                "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["ks", 0],
+                           "sigmas": ["sig", 0], "latent_image": ["lat", 0]}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["sca", 0], "vae": ["ckpt", 2]}},
+        "out": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}},
+    }
+
+
+def plain_guider() -> dict:
+    return {"class_type": "CFGGuider", "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0],
+                                                  "negative": ["neg", 0], "cfg": CFG}}
+
+
+def minority_guider(**overrides) -> dict:
+    settings = dict(iterations=10, lr=0.01, optimize_fraction=0.1, every_n_steps=1, sg_lambda=1.0, norm="squared",
+                    anneal=True, fixed_level=0.75, between_steps="original", token_per_image=True, diversity=0.0,
+                    gradient_checkpointing=False, measure_gain=False)
+    settings.update(overrides)
+    return {"class_type": "PromptOptim_MinorityGuider",
+            "inputs": {"model": ["ckpt", 0], "cfg": CFG, "positive": ["pos", 0], "negative": ["neg", 0], **settings}}
+
+
+def date_guider(reward_name: str, **overrides) -> dict:
+    settings = dict(rho=0.5, rule="paper", schedule="percent_of_steps", schedule_value="10", iterations=1,
+                    prior_weight=0.0, decode_scale="1.0")
+    settings.update(overrides)
+    return {"class_type": "PromptOptim_DATEGuider",
+            "inputs": {"model": ["ckpt", 0], "cfg": CFG, "positive": ["pos", 0], "negative": ["neg", 0],
+                       "vae": ["ckpt", 2], "reward": ["rw", 0], **settings}}
+
+
+def reward_node(reward_name: str) -> dict:
+    return {"class_type": "PromptOptim_LoadRewardModel",
+            "inputs": {"family": "clip", "weights": reward_name, "clip_backbone": "none",
+                       "open_clip_architecture": "", "dtype": "auto"}}
+
+
+# -- statistics ----------------------------------------------------------------------------------------
+@dataclass
+class Arm:
+    name: str
+    found: list[dict] = field(default_factory=list)  # extracted attributes per image
+    wanted: list[dict] = field(default_factory=list)  # named attributes per image
+    likelihood: list[float] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def named_accuracy(self) -> tuple[float, float]:
+        hits = [float(f[a] == v) for f, w in zip(self.found, self.wanted) for a, v in w.items()]
+        return _mean_se(hits)
+
+    def all_named_right(self) -> tuple[float, float]:
+        return _mean_se([float(all(f[a] == v for a, v in w.items())) for f, w in zip(self.found, self.wanted)])
+
+    def log_prob(self) -> tuple[float, float]:
+        """True log-probability of the drawn attribute combination (images where a shape was found)."""
+        return _mean_se([Scene(**f).log_prob() for f in self.found if f["shape"] is not None])
+
+    def rare_share(self) -> tuple[float, float]:
+        """Share of rare values among the attributes the prompt did not name."""
+        return _mean_se([float(f[a] in RARE[a]) for f, w in zip(self.found, self.wanted) if f["shape"] is not None
+                         for a in ATTRIBUTES if a not in w])
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def run_arm(comfy, name: str, graphs: list[tuple[str, dict]], likelihood: bool = False) -> Arm:
+    arm = Arm(name)
+    start = time.time()
+    for prompt, graph in graphs:
+        if likelihood:
+            graph["lik"] = {"class_type": "PromptOptim_DenoisingLikelihood",
+                            "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0], "samples": ["sca", 0],
+                                       "evaluation_seed": 0, "levels": 20}}
+        comfy.run(graph)
+        images = (comfy.node_outputs("dec")[0][0].numpy() * 255).round().astype(np.uint8)
+        for image in images:
+            arm.found.append(extract(image))
+            arm.wanted.append(named(prompt))
+            arm.images.append(image)
+        if likelihood:
+            arm.likelihood.extend(float(v) for v in comfy.node_outputs("lik")[0][0])
+    arm.seconds = time.time() - start
+    return arm
+
+
+def minority_experiment(comfy, ckpt: str, scale: Scale) -> list[Arm]:
+    prompts = MINORITY_PROMPTS[:scale.prompts]
+    seeds = range(scale.seeds)
+
+    def graphs(guider):
+        return [(p, sampling_graph(ckpt, p, guider, 1000 + 10 * i + s, scale.batch, scale.steps,
+                                   encode="PromptOptim_MinorityEncode"))
+                for i, p in enumerate(prompts) for s in seeds]
+
+    fraction = 0.1 if scale.steps >= 20 else 0.2  # the paper's first 10% (at least 2 steps)
+    return [run_arm(comfy, "baseline", graphs(plain_guider()), likelihood=True),
+            run_arm(comfy, "MinorityPrompt", graphs(minority_guider(optimize_fraction=fraction)), likelihood=True),
+            run_arm(comfy, "no annealing", graphs(minority_guider(optimize_fraction=fraction, anneal=False))),
+            run_arm(comfy, "lambda 0", graphs(minority_guider(optimize_fraction=fraction, sg_lambda=0.0)))]
+
+
+def date_prompts(count: int, seed: int = 5) -> list[str]:
+    rng = np.random.default_rng(seed)  # uniform over values: rare combinations as often as common ones
+    return [Scene(*(str(rng.choice(list(d))) for d in ATTRIBUTES.values())).caption() for _ in range(count)]
+
+
+def date_experiment(comfy, ckpt: str, reward_name: str, scale: Scale) -> list[Arm]:
+    prompts = date_prompts(scale.prompts)
+
+    def graphs(guider):
+        out = []
+        for i, p in enumerate(prompts):
+            for s in range(scale.seeds):
+                g = sampling_graph(ckpt, p, guider, 2000 + 10 * i + s, scale.batch, scale.steps,
+                                   encode="PromptOptim_TextEncodeKeepText")
+                g["rw"] = reward_node(reward_name)
+                out.append((p, g))
+        return out
+
+    return [run_arm(comfy, "baseline", graphs(plain_guider())),
+            run_arm(comfy, "DATE 10% of steps", graphs(date_guider(reward_name))),
+            run_arm(comfy, "DATE every step", graphs(date_guider(reward_name, schedule="every_k_steps",
+                                                                 schedule_value="1")))]
+
+
+# -- report --------------------------------------------------------------------------------------------
+def _fmt(pair: tuple[float, float], digits: int = 3) -> str:
+    mean, se = pair
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def minority_table(arms: list[Arm]) -> list[str]:
+    base = arms[0]
+    lines = ["| arm | images | log p(attributes) ↓ | rare share (unnamed) ↑ | named accuracy | likelihood estimate ↓ | s |",
+             "|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        lik = _fmt(_mean_se(arm.likelihood), 1) if arm.likelihood else "—"
+        lines.append(f"| {arm.name} | {len(arm.found)} | {_fmt(arm.log_prob())} | {_fmt(arm.rare_share())} | "
+                     f"{_fmt(arm.named_accuracy())} | {lik} | {arm.seconds:.0f} |")
+    method = arms[1]
+    verdict = minority_verdict(base, method)
+    lines.append("")
+    lines.append("Claim (MinorityPrompt vs baseline): " + "; ".join(f"{k}: {'holds' if v else 'does NOT hold'}"
+                                                                  for k, v in verdict.items()))
+    return lines
+
+
+def minority_verdict(base: Arm, method: Arm, accuracy_margin: float = 0.1) -> dict[str, bool]:
+    out = {"log p falls": method.log_prob()[0] < base.log_prob()[0],
+           "rare share rises": method.rare_share()[0] > base.rare_share()[0],
+           f"named accuracy within {accuracy_margin} of baseline":
+               method.named_accuracy()[0] >= base.named_accuracy()[0] - accuracy_margin}
+    if base.likelihood and method.likelihood:
+        out["likelihood estimate falls"] = float(np.mean(method.likelihood)) < float(np.mean(base.likelihood))
+    return out
+
+
+def date_table(arms: list[Arm]) -> list[str]:
+    lines = ["| arm | images | named-attribute accuracy ↑ | all five right ↑ | s |", "|---|---|---|---|---|"]
+    for arm in arms:
+        lines.append(f"| {arm.name} | {len(arm.found)} | {_fmt(arm.named_accuracy())} | "
+                     f"{_fmt(arm.all_named_right())} | {arm.seconds:.0f} |")
+    lines.append("")
+    lines.append("Claim (DATE vs baseline, extractor accuracy rises): " + "; ".join(
+        f"{a.name}: {'holds' if a.named_accuracy()[0] > arms[0].named_accuracy()[0] else 'does NOT hold'}"
+        for a in arms[1:]))
+    return lines
+
+
+def grid(arms_by_experiment: dict[str, list[Arm]], per_row: int = 8):
+    from PIL import Image
+
+    rows = [(f"{exp}: {arm.name}", arm.images[:per_row]) for exp, arms in arms_by_experiment.items() for arm in arms]
+    canvas = Image.new("RGB", (per_row * 64, len(rows) * 64), (128, 128, 128))
+    for r, (_, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            canvas.paste(Image.fromarray(image), (c * 64, r * 64))
+    return canvas, [label for label, _ in rows]
+
+
+def start_comfy():
+    from devtools.base_dir import make_base_dir
+    from devtools.inprocess import InProcessComfy
+    from lab.checkpoint import lab_checkpoint_path, lab_reward_folder
+
+    ckpt, reward = lab_checkpoint_path(), lab_reward_folder()
+    base = make_base_dir(Path(tempfile.mkdtemp(prefix="lab_measure_")), checkpoints=[ckpt], rewards=[reward])
+    return InProcessComfy(base), ckpt.name, reward.name
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", choices=list(SCALES), default="full")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--grid", type=Path, default=None)
+    args = ap.parse_args()
+    scale = SCALES[args.scale]
+    comfy, ckpt, reward = start_comfy()
+    started = time.time()
+    experiments = {"MinorityPrompt": minority_experiment(comfy, ckpt, scale),
+                   "DATE": date_experiment(comfy, ckpt, reward, scale)}
+    lines = [f"Scale `{args.scale}`: {scale.prompts} prompts x {scale.seeds} seeds x {scale.batch} images, "
+             f"euler / normal, {scale.steps} steps, cfg {CFG}, 64 px; ± = standard error; "
+             f"{time.time() - started:.0f} s in all.", "", "### MinorityPrompt", ""]
+    lines += minority_table(experiments["MinorityPrompt"]) + ["", "### DATE", ""] + date_table(experiments["DATE"])
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    if args.grid:
+        image, labels = grid(experiments)
+        image.save(args.grid)
+        print("grid rows:", labels)
+
+
+if __name__ == "__main__":
+    main()

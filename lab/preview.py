@@ -1,0 +1,90 @@
+"""Quick look at compact lab weights without ComfyUI's sampler: DDIM + CFG, extractor accuracy, a grid.
+
+    python -m lab.preview lab/weights/lab_ldm_v1.safetensors --grid grid.png
+
+For a fast check while training; the measurements that count run in ComfyUI (lab/measure.py).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lab.world import ATTRIBUTES, Scene, extract
+
+
+def load_compact(path: Path, device: str):
+    from safetensors.torch import load_file
+
+    from lab.autoencoder import build_taesd
+    from lab.text_encoder import LabTextEncoder
+    from lab.unet import build_unet
+
+    sd = load_file(str(path))
+    text = LabTextEncoder(sd["text.token_ids"].tolist())
+    text.load_state_dict({k[5:]: v.float() for k, v in sd.items() if k.startswith("text.")})
+    unet = build_unet()
+    unet.load_state_dict({k[5:]: v.float() for k, v in sd.items() if k.startswith("unet.")})
+    vae = build_taesd()
+    vae.load_state_dict({k[4:]: v.float() for k, v in sd.items() if k.startswith("vae.")})
+    return unet.to(device).eval(), text.to(device).eval(), vae.to(device).eval()
+
+
+@torch.no_grad()
+def ddim(unet, text, vae, prompts: list[str], seed: int, steps: int = 20, cfg: float = 5.0, device="cpu"):
+    from lab.train import Tokenizer, sd1_alphas_cumprod
+
+    tok = Tokenizer()
+    cond = text(tok(prompts).to(device))
+    uncond = text(tok([""] * len(prompts)).to(device))
+    alphas = sd1_alphas_cumprod().to(device)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(prompts), 4, 8, 8, generator=gen).to(device)
+    ts = torch.linspace(999, 0, steps).round().long().to(device)
+    for i, t in enumerate(ts):
+        a = alphas[t]
+        tt = t.float().expand(len(prompts))
+        e_c, e_u = unet(torch.cat([x, x]), torch.cat([tt, tt]), context=torch.cat([cond, uncond])).chunk(2)
+        eps = e_u + cfg * (e_c - e_u)
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        a_next = alphas[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=device)
+        x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    scale = vae.vae_scale.item() / 0.18215  # latent std the UNet was trained on
+    return vae.taesd_decoder(x * scale).clamp(0, 1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("weights", type=Path)
+    ap.add_argument("--grid", type=Path)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--count", type=int, default=64)
+    args = ap.parse_args()
+    from devtools.comfy_path import configure_comfy_args
+
+    configure_comfy_args()
+    unet, text, vae = load_compact(args.weights, args.device)
+    rng = np.random.default_rng(1)
+    scenes = [Scene(*(rng.choice(list(d)) for d in ATTRIBUTES.values())) for _ in range(args.count)]
+    prompts = [s.caption() for s in scenes]
+    images = ddim(unet, text, vae, prompts, seed=0, device=args.device).cpu()
+    pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    hits = {a: 0 for a in ATTRIBUTES}
+    for s, p in zip(scenes, pixels):
+        found = extract(p)
+        for a in ATTRIBUTES:
+            hits[a] += found[a] == getattr(s, a)
+    print("extractor accuracy on full captions:", {a: round(h / len(scenes), 3) for a, h in hits.items()})
+    if args.grid:
+        side = int(np.ceil(np.sqrt(len(pixels))))
+        grid = Image.new("RGB", (side * 64, side * 64))
+        for i, p in enumerate(pixels):
+            grid.paste(Image.fromarray(p), ((i % side) * 64, (i // side) * 64))
+        grid.save(args.grid)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Train the lab's text-to-image model in the lab world: autoencoder, then denoiser + text encoder.
+
+    python -m lab.train --out lab/weights/lab_ldm_v1.safetensors [--device cuda] [--ae-steps N] [--steps N]
+
+Fixed seeds; the defaults are what produced the committed weights (see lab/README.md for times).
+Writes one compact safetensors file (narrow UNet, low-rank text layer, TAESD); `python -m lab.checkpoint`
+expands it into an SD1.x single-file checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lab.world import ATTRIBUTES, Scene, draw, sample_scenes
+
+NAMEABLE = ("size", "color", "position", "background")  # the shape is always named
+
+
+def random_caption(scene: Scene, rng: np.random.Generator, keep: float = 0.5) -> str:
+    return scene.caption(("shape",) + tuple(a for a in NAMEABLE if rng.random() < keep))
+
+
+def make_dataset(count: int, seed: int) -> tuple[np.ndarray, list[Scene]]:
+    """count jittered images (N x 64 x 64 x 3 uint8) and their scenes."""
+    scenes = sample_scenes(count, seed)
+    jitter = np.random.default_rng(seed + 1)
+    return np.stack([np.asarray(draw(s, jitter)) for s in scenes]), scenes
+
+
+def sd1_alphas_cumprod() -> torch.Tensor:
+    """SD1.x's training schedule (scaled linear betas 0.00085 -> 0.012, 1000 steps), as ComfyUI samples it."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+class Tokenizer:
+    """ComfyUI's SD1 tokenizer: exactly the ids CLIP Text Encode feeds (77 per prompt, padded with EOS)."""
+
+    def __init__(self):
+        import comfy.sd1_clip
+
+        self._tok = comfy.sd1_clip.SD1Tokenizer()
+        self._cache: dict[str, list[int]] = {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        rows = []
+        for t in texts:
+            if t not in self._cache:
+                chunks = self._tok.tokenize_with_weights(t)["l"]
+                self._cache[t] = [int(i) for i, *_ in chunks[0]]
+            rows.append(self._cache[t])
+        return torch.tensor(rows, dtype=torch.long)
+
+
+def world_token_ids(tokenizer: Tokenizer) -> list[int]:
+    """Every token id a caption of the world can produce (plus BOS/EOS)."""
+    words = {w for dist in ATTRIBUTES.values() for w in dist} | {"a", "in", "the", "on", ",", "background"}
+    texts = [""] + sorted(words) + [Scene("circle", "red", "large", "left", "white").caption()]
+    return sorted({int(i) for row in tokenizer(texts) for i in row})
+
+
+def train_autoencoder(images: np.ndarray, steps: int, batch: int, device: str, seed: int, log) -> torch.nn.Module:
+    """TAESD on random 32 px crops (the architecture is convolutional; 4x cheaper than full images)."""
+    from lab.autoencoder import build_taesd, decode, encode
+
+    torch.manual_seed(seed)
+    vae = build_taesd(device)
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    data = torch.from_numpy(images).permute(0, 3, 1, 2)
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randint(len(data), (batch,), generator=gen)
+        y0, x0 = (int(v) for v in torch.randint(0, 33, (2,), generator=gen) // 8 * 8)
+        x = data[idx, :, y0:y0 + 32, x0:x0 + 32].to(device).float() / 255
+        z = encode(vae, x)
+        # noise on the latents: the decoder must tolerate a diffusion model's imperfect latents
+        recon = decode(vae, z + 0.1 * z.detach().std() * torch.randn_like(z))
+        loss = (recon - x).square().mean() + 1e-3 * z.square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        opt.step()
+        log("autoencoder", step, steps, loss.item())
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae, images: np.ndarray, device: str) -> torch.Tensor:
+    from lab.autoencoder import encode
+
+    data = torch.from_numpy(images).permute(0, 3, 1, 2)
+    return torch.cat([encode(vae, data[i:i + 256].to(device).float() / 255).cpu() for i in range(0, len(data), 256)])
+
+
+def train_denoiser(latents: torch.Tensor, scenes: list[Scene], steps: int, batch: int, device: str, seed: int,
+                   log, drop_caption: float = 0.1):
+    """Narrow SD1 UNet + lab text encoder, epsilon prediction on SD1's schedule, caption dropout for CFG."""
+    from lab.text_encoder import LabTextEncoder
+    from lab.unet import build_unet
+
+    torch.manual_seed(seed)
+    tokenizer = Tokenizer()
+    unet = build_unet(device=device)
+    text = LabTextEncoder(world_token_ids(tokenizer)).to(device)
+    ema = {k: v.detach().clone() for k, v in {**_prefixed(unet, "unet."), **_prefixed(text, "text.")}.items()}
+    params = [{"params": unet.parameters(), "lr": 3e-4}, {"params": text.parameters(), "lr": 1e-3}]
+    opt = torch.optim.AdamW(params, weight_decay=0.0)
+    alphas = sd1_alphas_cumprod().to(device)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randint(len(latents), (batch,), generator=gen)
+        captions = ["" if rng.random() < drop_caption else random_caption(scenes[i], rng) for i in idx.tolist()]
+        x0 = latents[idx].to(device)
+        t = torch.randint(0, 1000, (batch,), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        context = text(tokenizer(captions).to(device))
+        loss = (unet(xt, t.float(), context=context) - noise).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text.parameters()), 1.0)
+        warm = min(1.0, (step + 1) / 200)
+        for g, base in zip(opt.param_groups, (3e-4, 1e-3)):
+            g["lr"] = base * warm * 0.5 * (1 + math.cos(math.pi * step / steps))
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in {**_prefixed(unet, "unet."), **_prefixed(text, "text.")}.items():
+                ema[k].lerp_(v.detach(), 1 - decay)
+        log("denoiser", step, steps, loss.item())
+    return unet, text, ema
+
+
+def _prefixed(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--images", type=int, default=6000)
+    ap.add_argument("--ae-steps", type=int, default=400)
+    ap.add_argument("--ae-batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from devtools.comfy_path import configure_comfy_args
+
+    configure_comfy_args()
+    start = time.time()
+
+    def log(stage, step, total, loss):
+        if step % 100 == 0 or step == total - 1:
+            print(f"{stage} {step + 1}/{total} loss {loss:.5f} ({time.time() - start:.0f} s)", flush=True)
+
+    images, scenes = make_dataset(args.images, args.seed)
+    vae = train_autoencoder(images, args.ae_steps, args.ae_batch, args.device, args.seed, log)
+    latents = encode_all(vae, images, args.device)
+    std = latents.std().item()
+    vae.vae_scale.data.fill_(std * 0.18215)  # the UNet then sees latents / std (unit variance)
+    with torch.no_grad():
+        recon = vae.taesd_decoder(latents[:256].to(args.device)).clamp(0, 1).cpu()
+    truth = torch.from_numpy(images[:256]).permute(0, 3, 1, 2).float() / 255
+    print(f"autoencoder: latent std {std:.3f}, reconstruction MSE {(recon - truth).square().mean():.5f}")
+    unet, text, ema = train_denoiser(latents / std, scenes, args.steps, args.batch, args.device, args.seed, log)
+
+    weights = {k: v.detach().float().cpu().half().contiguous() for k, v in ema.items()}
+    weights["text.token_ids"] = text.token_ids.cpu().contiguous()
+    weights.update({"vae." + k: v.detach().float().cpu().half().contiguous() for k, v in vae.state_dict().items()})
+    weights["vae.vae_scale"] = vae.vae_scale.detach().float().cpu()  # keep full precision
+    meta = dict(images=args.images, ae_steps=args.ae_steps, ae_batch=args.ae_batch, steps=args.steps,
+                batch=args.batch, seed=args.seed, device=args.device, seconds=round(time.time() - start),
+                torch=torch.__version__)
+    from safetensors.torch import save_file
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(args.out), metadata={"lab": json.dumps(meta)})
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {meta['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -150,7 +150,7 @@ class Trainer:
             # seeded by the step: every rank draws the same new layer
             self.flow_head.reactivate(torch.Generator().manual_seed(cfg.seed * 7919 + self.step))
             metrics["flow_reactivated"] = 1.0
-        metrics.update({"step": self.step, "loss": float(loss), "on_policy": float(on_policy),
+        metrics.update({"step": self.step, "loss": float(loss.detach()), "on_policy": float(on_policy),
                         "reward": float(task.mean()), "log_reward": float(log_reward.total.mean()),
                         "diversity": text_diversity(texts), "reward_temperature": tau,
                         "exploration_temperature": explore, "length": float(traj.lengths.float().mean()),

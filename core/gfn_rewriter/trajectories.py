@@ -71,7 +71,8 @@ def sample(model, prompt_ids: list[int] | torch.Tensor, n: int, eos_id: int, max
            generator: torch.Generator | None = None) -> Trajectories:
     device = model.get_input_embeddings().weight.device
     prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
-    out = model(prompt.unsqueeze(0).expand(n, -1), use_cache=True)
+    start = prompt.unsqueeze(0).expand(n, -1)
+    out = model(start, attention_mask=torch.ones_like(start), use_cache=True)
     cache, logits = out.past_key_values, out.logits[:, -1]
     actions = torch.full((n, max_new_tokens), eos_id, dtype=torch.long, device=device)
     alive = torch.ones(n, dtype=torch.bool, device=device)
@@ -117,5 +118,4 @@ def score(model, traj: Trajectories, eos_id: int, min_new_tokens: int = 0, hidde
     if not hidden:
         return Scored(log_probs, None, None)
     last = out.hidden_states[-1].detach().float()
-    running = last.cumsum(1) / torch.arange(1, P + T + 1, device=device, dtype=last.dtype).view(1, -1, 1)
-    return Scored(log_probs, running[:, P - 1:P - 1 + T], last[:, :P].mean(1))
+    return Scored(log_probs, last[:, P - 1:P - 1 + T], last[:, :P].mean(1))

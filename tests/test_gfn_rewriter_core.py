@@ -126,7 +126,7 @@ def test_seeded_rewrites_repeat_and_beam_search_gives_distinct_rewrites(policy):
     assert len(beams) == 4 and len(set(beams)) == 4, beams
 
 
-TOY = dict(samples_per_step=16, flow_lr=1e-2, beta=0.05, reward_temperature=(1.0, 1.0, 0),
+TOY = dict(samples_per_step=16, flow_lr=1e-2, beta=0.02, reward_temperature=(1.0, 1.0, 0),
            exploration_temperature=(1.0, 1.0, 0), min_new_tokens=4, max_new_tokens=8, flow_reset_period=0,
            flow_hidden=256)
 
@@ -145,7 +145,7 @@ def test_toy_training_raises_reward_and_keeps_diversity_unlike_reward_maximizati
     start = time.time()
     gfn = _toy_trainer(folders, "fl_db", 3e-3)
     initial = gfn.evaluate()
-    for _ in range(800):
+    for _ in range(1200):
         gfn.train_step()
     final = gfn.evaluate()
     rmax = _toy_trainer(folders, "reward_max", 1e-3)
@@ -160,6 +160,6 @@ def test_toy_training_raises_reward_and_keeps_diversity_unlike_reward_maximizati
     print(f"\nFL-DB: reward {initial['reward']:.3f} -> {final['reward']:.3f}, diversity {initial['diversity']:.3f}"
           f" -> {final['diversity']:.3f}; reward-max at reward {matched['reward']:.3f}: diversity "
           f"{matched['diversity']:.3f} ({time.time() - start:.0f} s)")
-    assert final["reward"] > initial["reward"] + 0.1
+    assert final["reward"] > initial["reward"] + 0.2
     assert final["diversity"] > matched["diversity"] + 0.1
 

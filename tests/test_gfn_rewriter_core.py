@@ -163,3 +163,33 @@ def test_toy_training_raises_reward_and_keeps_diversity_unlike_reward_maximizati
     assert final["reward"] > initial["reward"] + 0.2
     assert final["diversity"] > matched["diversity"] + 0.1
 
+
+
+def _train_command(folders, tmp_path, steps: int) -> list[str]:
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "core.gfn_rewriter.train", "--policy", str(folders / NAMES["policy"]), "--out", str(tmp_path / "run"),
+            "--prompts", str(tmp_path / "prompts.txt"), "--reward", "target_words", "--target-words", ",".join(STYLE),
+            "--steps", str(steps), "--save-every", "2", "--samples-per-step", "4", "--min-new-tokens", "2",
+            "--max-new-tokens", "6", "--flow-reset-period", "3", "--flow-hidden", "16"]
+
+
+def test_two_process_ddp_training_on_cpu_saves_and_resumes(folders, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    for steps in (4, 6):  # the second run resumes from the first one's checkpoint
+        run = subprocess.run(_train_command(folders, tmp_path, steps), cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=240)
+        assert run.returncode == 0, run.stderr[-3000:]
+    out = tmp_path / "run"
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
+    assert all(m["world_size"] == 2 for m in lines)
+    assert all(0.0 <= m["dormant_share"] <= 1.0 and 0.0 <= m["reward"] <= 1.0 for m in lines)
+    assert lines[2].get("flow_reactivated") == 1.0 and lines[5].get("flow_reactivated") == 1.0
+    assert {"buffer_size", "diversity", "reward_temperature", "exploration_temperature"} <= set(lines[-1])
+    assert (out / "rank0.pt").is_file() and (out / "rank1.pt").is_file()
+    state = torch.load(out / "trainer.pt", weights_only=False)
+    assert state["step"] == 6
+    model, tok = load_policy(out / "policy")  # the trained policy is a rewriter folder the node loads
+    original, _ = load_policy(folders / NAMES["policy"])
+    assert not torch.equal(model.transformer.h[0].mlp.c_fc.weight, original.transformer.h[0].mlp.c_fc.weight)

@@ -11,16 +11,17 @@ PACK_NAME = "prompt-optim"
 
 
 def make_base_dir(base: Path, checkpoints: list[Path] = (), diffusion_models: list[Path] = (),
-                  rewards: list[Path] = ()) -> Path:
+                  rewards: list[Path] = (), prompt_rewriters: list[Path] = ()) -> Path:
     """Lay out BASE with custom_nodes/prompt-optim -> this repo and model files linked in."""
     base = Path(base)
-    for sub in ("custom_nodes", "models/checkpoints", "models/diffusion_models", "models/rewards", "input", "output",
-                "user/default", "temp"):
+    for sub in ("custom_nodes", "models/checkpoints", "models/diffusion_models", "models/rewards",
+                "models/prompt_rewriters", "input", "output", "user/default", "temp"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACK_NAME
     if not link.exists():
         link.symlink_to(PACK_ROOT, target_is_directory=True)
-    for folder, files in (("checkpoints", checkpoints), ("diffusion_models", diffusion_models), ("rewards", rewards)):
+    for folder, files in (("checkpoints", checkpoints), ("diffusion_models", diffusion_models), ("rewards", rewards),
+                          ("prompt_rewriters", prompt_rewriters)):
         for f in files:
             target = base / "models" / folder / Path(f).name
             if not target.exists():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from devtools.checkpoints import VERSION as CKPT_VERSION
 from devtools.comfy_path import PACK_ROOT
+from devtools.prompt_rewriters import NAMES as REWRITER_NAMES
 from devtools.reward_models import NAMES as REWARD_NAMES
 from devtools.workflow_builder import UIWorkflow
 
@@ -227,9 +228,50 @@ def ipgo_batch_wise() -> UIWorkflow:
     return wf
 
 
+REWRITER_PROMPT = "a cat"
+REWRITES = 4
+
+
+def gfn_rewriter_batch() -> UIWorkflow:
+    """One prompt -> 4 GFlowNet rewrites -> one generation each (same seed) -> one batch, scored against
+    the original prompt and saved best first."""
+    wf = UIWorkflow()
+    ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+                   pos=(40, 300), size=(320, 100))
+    rewriter = wf.node("PromptOptim_GFlowNetRewriter",
+                       [REWRITER_NAMES["policy"], REWRITER_PROMPT, REWRITES, "sampling", 0, "fixed", 1.0, 0.9, 4, 12,
+                        1.0, "{prompt} Rephrase:\n", "auto"],
+                       outputs=[("rewrites", "STRING"), ("text", "STRING")], pos=(40, 460), size=(360, 520),
+                       title="GFlowNet rewriter (paper: 15-75 new tokens)")
+    pos = wf.node("CLIPTextEncode", [""], inputs=[("text", "STRING", rewriter, 0), ("clip", "CLIP", ckpt, 1)],
+                  outputs=[("CONDITIONING", "CONDITIONING")], pos=(440, 60), size=(400, 160),
+                  title="One encoding per rewrite")
+    wf.nodes[pos - 1]["inputs"][0]["widget"] = {"name": "text"}  # a widget fed by a link, as the editor saves it
+    neg = wf.node("CLIPTextEncode", ["blurry, low quality"], inputs=[("clip", "CLIP", ckpt, 1)],
+                  outputs=[("CONDITIONING", "CONDITIONING")], pos=(440, 280), size=(400, 160), title="Negative prompt")
+    latent = wf.node("EmptyLatentImage", [256, 256, 1], outputs=[("LATENT", "LATENT")], pos=(440, 500),
+                     size=(320, 110))
+    sampler = wf.node("KSampler", [42, "fixed", 12, 7.5, "euler", "normal", 1.0],
+                      inputs=[("model", "MODEL", ckpt, 0), ("positive", "CONDITIONING", pos, 0),
+                              ("negative", "CONDITIONING", neg, 0), ("latent_image", "LATENT", latent, 0)],
+                      outputs=[("LATENT", "LATENT")], pos=(880, 200), size=(320, 270), title="Once per rewrite")
+    decode = wf.node("VAEDecode", [], inputs=[("samples", "LATENT", sampler, 0), ("vae", "VAE", ckpt, 2)],
+                     outputs=[("IMAGE", "IMAGE")], pos=(1240, 200), size=(210, 50))
+    batch = wf.node("RebatchImages", [REWRITES], inputs=[("images", "IMAGE", decode, 0)],
+                    outputs=[("IMAGE", "IMAGE")], pos=(1240, 300), size=(240, 80), title="List -> one batch")
+    reward = wf.node("PromptOptim_LoadRewardModel", ["clip", REWARD_NAMES["clip"], "none", "", "auto"],
+                     outputs=REWARD_OUT, pos=(880, 560), size=(360, 160))
+    score = wf.node("PromptOptim_ScoreImages", [REWRITER_PROMPT, False, 0],
+                    inputs=[("images", "IMAGE", batch, 0), ("reward", "REWARD_MODEL", reward, 0)],
+                    outputs=SCORE_OUT, pos=(1520, 200), size=(400, 360), title="Scored against the original prompt")
+    wf.node("SaveImage", ["prompt_optim/gfn_rewriter"], inputs=[("images", "IMAGE", score, 0)], pos=(1960, 200),
+            size=(400, 420))
+    return wf
+
+
 WORKFLOWS = {"score_generated_images": score_generated_images, "date_side_by_side": date_side_by_side,
              "minority_side_by_side": minority_side_by_side, "ipgo_prompt_wise": ipgo_prompt_wise,
-             "ipgo_batch_wise": ipgo_batch_wise}
+             "ipgo_batch_wise": ipgo_batch_wise, "gfn_rewriter_batch": gfn_rewriter_batch}
 
 
 def main():

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import reward_folder
+from . import reward_folder, rewriter_folder
 from .date_nodes import NODES as DATE_NODES
+from .gfn_rewriter_node import NODES as REWRITER_NODES
 from .gradient_check_node import GradientCheck
 from .ipgo_nodes import NODES as IPGO_NODES
 from .likelihood_node import NODES as LIKELIHOOD_NODES
@@ -12,9 +13,10 @@ from .minority_nodes import NODES as MINORITY_NODES
 from .reward_nodes import NODES as REWARD_NODES
 
 reward_folder.register()
+rewriter_folder.register()
 
 NODES: list[type[io.ComfyNode]] = [GradientCheck, *REWARD_NODES, *DATE_NODES, *MINORITY_NODES, *LIKELIHOOD_NODES,
-                                  *IPGO_NODES]
+                                  *IPGO_NODES, *REWRITER_NODES]
 
 
 class PromptOptimExtension(ComfyExtension):

@@ -44,14 +44,23 @@ def reward_models() -> Path:
     return reward_models_dir()
 
 
+@pytest.fixture(scope="session")
+def prompt_rewriters() -> Path:
+    """A tiny GPT-2 rewriter policy and bad folders (see devtools/prompt_rewriters.py)."""
+    from devtools.prompt_rewriters import prompt_rewriters_dir
+
+    return prompt_rewriters_dir()
+
+
 def reward_entries(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
 
 @pytest.fixture(scope="session")
-def base_dir(tmp_path_factory, sd1_checkpoint, sdxl_checkpoint, ip2p_unet, reward_models) -> Path:
+def base_dir(tmp_path_factory, sd1_checkpoint, sdxl_checkpoint, ip2p_unet, reward_models, prompt_rewriters) -> Path:
     return make_base_dir(tmp_path_factory.mktemp("comfy_base"), checkpoints=[sd1_checkpoint, sdxl_checkpoint],
-                         diffusion_models=[ip2p_unet], rewards=reward_entries(reward_models))
+                         diffusion_models=[ip2p_unet], rewards=reward_entries(reward_models),
+                         prompt_rewriters=reward_entries(prompt_rewriters))
 
 
 @pytest.fixture(scope="session")
@@ -63,12 +72,12 @@ def comfy(base_dir):
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, sd1_checkpoint, reward_models):
+def comfy_server(tmp_path_factory, sd1_checkpoint, reward_models, prompt_rewriters):
     """The real ComfyUI main.py, headless on a free loopback port, with only this pack enabled."""
     from devtools.server import ComfyServer
 
     base = make_base_dir(tmp_path_factory.mktemp("server_base"), checkpoints=[sd1_checkpoint],
-                         rewards=reward_entries(reward_models))
+                         rewards=reward_entries(reward_models), prompt_rewriters=reward_entries(prompt_rewriters))
     with ComfyServer(base) as server:
         yield server
 

@@ -34,7 +34,11 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
     files = comfy_server.output_files(entry)
     latent = next(n["inputs"] for n in graph.values() if n["class_type"] == "EmptyLatentImage")
     savers = sum(node["class_type"] == "SaveImage" for node in graph.values())
-    assert len(files) == latent["batch_size"] * savers
+    # a rewriter's list output runs the sampler once per rewrite
+    per_latent = next((n["inputs"]["count"] for n in graph.values()
+                       if n["class_type"] == "PromptOptim_GFlowNetRewriter"), 1)
+    batch = latent["batch_size"] * per_latent
+    assert len(files) == batch * savers
     for f in files:
         with Image.open(f) as image:
             assert image.size == (latent["width"], latent["height"])
@@ -50,7 +54,7 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
         if node["class_type"] == "PromptOptim_ScoreImages":
             report = entry["outputs"][node_id]["text"][0]
             scores = [float(line.split(":")[1].split()[0]) for line in report.splitlines() if line.startswith("image ")]
-            assert len(scores) == latent["batch_size"] and all(math.isfinite(s) for s in scores)
+            assert len(scores) == batch and all(math.isfinite(s) for s in scores)
             assert len(set(scores)) == len(scores), "generated images should score differently"
         if node["class_type"] == "PromptOptim_DATESampler":
             # the reward at each update is shown under the node while it samples
@@ -69,12 +73,27 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
             bar = [p for p in events.progress if p.get("node") == node_id]  # one bar: steps + inner iterations
             assert bar and bar[-1]["value"] == bar[-1]["max"] == inputs["steps"] + inner, bar[-3:]
             assert any(p["value"] <= inner for p in bar[:3]), "the bar moves during the first inner iterations"
+        if node["class_type"] == "PromptOptim_GFlowNetRewriter":
+            check_rewriter(events, graph, entry, node_id)
         if node["class_type"] == "PromptOptim_IPGOOptimize":
             check_ipgo(comfy_server, events, graph, entry, node_id)
         if node["class_type"] == "PromptOptim_DenoisingLikelihood":
             report = entry["outputs"][node_id]["text"][0]
             values = [float(line.split(":")[1]) for line in report.splitlines() if line.startswith("image ")]
             assert len(values) == latent["batch_size"] and all(math.isfinite(v) for v in values), report
+
+
+def check_rewriter(events, graph: dict, entry: dict, node_id: str):
+    """The rewrites shown on the node: `count` distinct non-empty prompts that drove one generation each
+    (one CLIP encoding per rewrite), with one progress tick per generation."""
+    inputs = graph[node_id]["inputs"]
+    rewrites = entry["outputs"][node_id]["text"][0].splitlines()
+    assert len(rewrites) == inputs["count"] and len(set(rewrites)) == len(rewrites), rewrites
+    assert all(inputs["min_new_tokens"] <= len(r.split()) <= inputs["max_new_tokens"] for r in rewrites), rewrites
+    bar = [p for p in events.progress if p.get("node") == node_id]
+    assert bar and bar[-1]["value"] == bar[-1]["max"] == inputs["count"], bar[-3:]
+    (encode,) = consumers(graph, node_id, 0, "CLIPTextEncode")
+    assert graph[encode]["inputs"]["text"] == [node_id, 0]
 
 
 EPOCH_TEXT = re.compile(r"IPGO epoch (\d+)/(\d+): (.+) (\S+) \(lr (\S+)\)")

@@ -1,0 +1,50 @@
+"""The GFlowNet rewriter node inside a real ComfyUI (in-process executor): list output, seeds, memory
+manager, bad folders. The HTTP run of the example workflow is in test_workflows_http.py."""
+import pytest
+
+from devtools.prompt_rewriters import BAD, NAMES
+
+
+def _graph(policy=NAMES["policy"], prompt="a cat", count=3, mode="sampling", seed=5) -> dict:
+    return {"rw": {"class_type": "PromptOptim_GFlowNetRewriter",
+                   "inputs": {"policy": policy, "prompt": prompt, "count": count, "mode": mode, "seed": seed,
+                              "temperature": 1.0, "top_p": 0.9, "min_new_tokens": 3, "max_new_tokens": 8,
+                              "diversity_penalty": 1.0, "template": "{prompt} Rephrase:\n", "dtype": "auto"}}}
+
+
+def test_rewrites_are_a_list_equal_to_core_sampling_and_repeat_with_the_seed(comfy, pack, prompt_rewriters):
+    import importlib
+
+    package = pack.errors.__name__.rsplit(".", 2)[0]
+    core_rewrite = importlib.import_module(f"{package}.core.gfn_rewriter.rewrite")
+    folder = importlib.import_module(f"{package}.core.gfn_rewriter.policy_folder")
+    ui = comfy.run(_graph(prompt="a cat\nthe old house"))
+    rewrites, text = comfy.node_outputs("rw")
+    assert len(rewrites) == 6 and text == ["\n".join(rewrites)] and ui["rw"]["text"] == text
+    model, tok = folder.load_policy(prompt_rewriters / NAMES["policy"])
+    settings = core_rewrite.RewriteSettings(count=3, seed=5, min_new_tokens=3, max_new_tokens=8, top_p=0.9)
+    expected = core_rewrite.rewrite(model, tok, "a cat", settings) + core_rewrite.rewrite(model, tok, "the old house",
+                                                                                         settings)
+    assert rewrites == expected
+    comfy.run(_graph(prompt="a cat\nthe old house", seed=6))
+    assert comfy.node_outputs("rw")[0] != rewrites
+
+
+def test_policy_is_held_by_comfyui_memory_manager(comfy, pack):
+    import comfy.model_management as mm
+
+    comfy.run(_graph(mode="diverse_beam_search", count=4))
+    beams = comfy.node_outputs("rw")[0]
+    assert len(beams) == 4 and len(set(beams)) == 4, beams
+    module = next(m for m in mm.current_loaded_models if type(m.model.model).__name__ == "_Holder")
+    assert type(module.model.model.model).__name__ == "GPT2LMHeadModel"
+
+
+@pytest.mark.parametrize("bad, missing", [(BAD["missing_tokenizer"], "has no tokenizer files"),
+                                          (BAD["not_causal_lm"], "holds a GPT2Model (config.json), not a causal "
+                                                                 "language model")])
+def test_bad_folders_give_one_clear_error(comfy, bad, missing):
+    with pytest.raises(Exception) as error:
+        comfy.run(_graph(policy=bad))
+    message = str(error.value)
+    assert "input 'policy'" in message and bad.split("/")[-1] in message and missing in message, message

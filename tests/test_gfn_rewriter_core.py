@@ -193,3 +193,49 @@ def test_two_process_ddp_training_on_cpu_saves_and_resumes(folders, tmp_path):
     model, tok = load_policy(out / "policy")  # the trained policy is a rewriter folder the node loads
     original, _ = load_policy(folders / NAMES["policy"])
     assert not torch.equal(model.transformer.h[0].mlp.c_fc.weight, original.transformer.h[0].mlp.c_fc.weight)
+
+
+def _tiny_pipeline_folder(folder):
+    diffusers = pytest.importorskip("diffusers")
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from devtools.comfy_path import comfyui_root
+
+    torch.manual_seed(0)
+    vocab = comfyui_root() / "comfy" / "sd1_tokenizer"
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=77, eos_token_id=49407))
+    unet = diffusers.UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                                          block_out_channels=(32, 64), cross_attention_dim=32, norm_num_groups=8,
+                                          down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = diffusers.AutoencoderKL(block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text, unet=unet, scheduler=diffusers.DDPMScheduler(),
+                                             tokenizer=CLIPTokenizer(str(vocab / "vocab.json"), str(vocab / "merges.txt"),
+                                                                     model_max_length=77),
+                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def test_image_reward_on_a_tiny_diffusers_pipeline_and_pack_rewards(tmp_path, reward_models):
+    """c = aes(img(y)) - aes(img(x)) + min(20 (CLIP(img(y), x) - 0.28), 0), the images rendered by diffusers."""
+    from core.gfn_rewriter.image_reward import DiffusersRenderer, ImageReward, load_pipeline
+    from core.rewards import load_reward
+    from devtools.reward_models import NAMES as REWARDS
+
+    pipe = load_pipeline(_tiny_pipeline_folder(tmp_path / "pipe"))
+    render = DiffusersRenderer(pipe, steps=2, size=32)
+    aesthetic = load_reward("laion_aesthetic", reward_models / REWARDS["laion_aesthetic"],
+                            backbone_path=reward_models / REWARDS["clip"])
+    clip = load_reward("clip", reward_models / REWARDS["clip"])
+    reward = ImageReward(render, aesthetic, clip, threshold=0.28, clip_weight=20.0)
+    prompts, rewrites = ["a cat", "a cat"], ["a cat, detailed painting", "a cat at night"]
+    parts = reward.parts(prompts, rewrites)
+    images, plain = render(rewrites), render(["a cat"])
+    assert images.shape == (2, 3, 32, 32) and torch.equal(render(rewrites), images)  # same seed, same images
+    gain = aesthetic(images, rewrites) - aesthetic(plain, ["a cat"])
+    relevance = (20 * (clip(images, prompts).clamp_min(0) - 0.28)).clamp_max(0)
+    torch.testing.assert_close(parts["task"], gain + relevance, atol=1e-5, rtol=0)
+    assert parts["task"][0] != parts["task"][1]

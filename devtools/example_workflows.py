@@ -4,14 +4,20 @@
 """
 from __future__ import annotations
 
-from devtools.checkpoints import VERSION as CKPT_VERSION
 from devtools.comfy_path import PACK_ROOT
 from devtools.prompt_rewriters import NAMES as REWRITER_NAMES
 from devtools.reward_models import NAMES as REWARD_NAMES
 from devtools.workflow_builder import UIWorkflow
+from lab.checkpoint import CHECKPOINT_NAME, REWARD_NAME
 
-CKPT = f"prompt_optim_test_sd1_v{CKPT_VERSION}_s0.safetensors"
-PROMPT = "a red apple on a wooden table, simple flat illustration"
+# The embedded default model and reward (the lab's, trained on shapes: see lab/README.md); prompts are
+# captions of the lab world, which any SD1.x model also draws. Sizes are SD1.5's 512; the demo runs the
+# lab model at its own 64 px (devtools/run_workflows.py).
+CKPT = CHECKPOINT_NAME
+LAB_CLIP = REWARD_NAME
+SIDE = 512
+NEGATIVE = ""
+PROMPT = "a red circle on the left, white background"
 
 
 def txt2img(wf: UIWorkflow, prompt: str, batch: int, seed: int = 42):
@@ -20,9 +26,9 @@ def txt2img(wf: UIWorkflow, prompt: str, batch: int, seed: int = 42):
                    pos=(40, 200), size=(320, 100))
     pos = wf.node("CLIPTextEncode", [prompt], inputs=[("clip", "CLIP", ckpt, 1)],
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 60), size=(400, 160), title="Positive prompt")
-    neg = wf.node("CLIPTextEncode", ["blurry, low quality"], inputs=[("clip", "CLIP", ckpt, 1)],
+    neg = wf.node("CLIPTextEncode", [NEGATIVE], inputs=[("clip", "CLIP", ckpt, 1)],
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 280), size=(400, 160), title="Negative prompt")
-    latent = wf.node("EmptyLatentImage", [256, 256, batch], outputs=[("LATENT", "LATENT")], pos=(400, 500),
+    latent = wf.node("EmptyLatentImage", [SIDE, SIDE, batch], outputs=[("LATENT", "LATENT")], pos=(400, 500),
                      size=(320, 110))
     sampler = wf.node("KSampler", [seed, "fixed", 12, 7.5, "euler", "normal", 1.0],
                       inputs=[("model", "MODEL", ckpt, 0), ("positive", "CONDITIONING", pos, 0),
@@ -39,7 +45,7 @@ def score_generated_images() -> UIWorkflow:
     reward_out = [("reward", "REWARD_MODEL")]
     image_reward = wf.node("PromptOptim_LoadRewardModel", ["image_reward", REWARD_NAMES["image_reward"], "none", "", "auto"],
                            outputs=reward_out, pos=(840, 520), size=(360, 160))
-    clip = wf.node("PromptOptim_LoadRewardModel", ["clip", REWARD_NAMES["clip"], "none", "", "auto"],
+    clip = wf.node("PromptOptim_LoadRewardModel", ["clip", LAB_CLIP, "none", "", "auto"],
                    outputs=reward_out, pos=(840, 720), size=(360, 160))
     combined = wf.node("PromptOptim_CombineRewards", [0.7, 0.3, 1.0, 1.0],
                        inputs=[("reward_1", "REWARD_MODEL", image_reward, 0), ("reward_2", "REWARD_MODEL", clip, 0)],
@@ -53,7 +59,7 @@ def score_generated_images() -> UIWorkflow:
     return wf
 
 
-DATE_PROMPT = "a red apple on a blue plate"
+DATE_PROMPT = "a small yellow triangle on the right, black background"
 REWARD_OUT = [("reward", "REWARD_MODEL")]
 SCORE_OUT = [("best_images", "IMAGE"), ("scores", "FLOAT"), ("mean_score", "FLOAT"), ("report", "STRING")]
 
@@ -67,11 +73,11 @@ def date_side_by_side() -> UIWorkflow:
     pos = wf.node("PromptOptim_TextEncodeKeepText", [DATE_PROMPT], inputs=[("clip", "CLIP", ckpt, 1)],
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 60), size=(400, 160),
                   title="Positive prompt (text kept for the reward)")
-    neg = wf.node("CLIPTextEncode", ["blurry, low quality"], inputs=[("clip", "CLIP", ckpt, 1)],
+    neg = wf.node("CLIPTextEncode", [NEGATIVE], inputs=[("clip", "CLIP", ckpt, 1)],
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 280), size=(400, 160), title="Negative prompt")
-    latent = wf.node("EmptyLatentImage", [256, 256, 2], outputs=[("LATENT", "LATENT")], pos=(400, 500),
+    latent = wf.node("EmptyLatentImage", [SIDE, SIDE, 2], outputs=[("LATENT", "LATENT")], pos=(400, 500),
                      size=(320, 110))
-    clip_reward = wf.node("PromptOptim_LoadRewardModel", ["clip", REWARD_NAMES["clip"], "none", "", "auto"],
+    clip_reward = wf.node("PromptOptim_LoadRewardModel", ["clip", LAB_CLIP, "none", "", "auto"],
                           outputs=REWARD_OUT, pos=(400, 660), size=(360, 160), title="Reward DATE raises (CLIP)")
     judge = wf.node("PromptOptim_LoadRewardModel", ["image_reward", REWARD_NAMES["image_reward"], "none", "", "auto"],
                     outputs=REWARD_OUT, pos=(400, 860), size=(360, 160), title="Second reward (ImageReward)")
@@ -99,7 +105,7 @@ def date_side_by_side() -> UIWorkflow:
     return wf
 
 
-MINORITY_PROMPT = "a portrait photo of a person, studio light"
+MINORITY_PROMPT = "a red circle"
 LIKELIHOOD_OUT = [("log_likelihood", "FLOAT"), ("mean", "FLOAT"), ("report", "STRING")]
 
 
@@ -112,9 +118,9 @@ def minority_side_by_side() -> UIWorkflow:
     pos = wf.node("PromptOptim_MinorityEncode", [MINORITY_PROMPT, "end", "word", "cool", 0],
                   inputs=[("clip", "CLIP", ckpt, 1)], outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 40),
                   size=(400, 260), title="Positive prompt (+ placeholder for MinorityPrompt)")
-    neg = wf.node("CLIPTextEncode", ["blurry, low quality"], inputs=[("clip", "CLIP", ckpt, 1)],
+    neg = wf.node("CLIPTextEncode", [NEGATIVE], inputs=[("clip", "CLIP", ckpt, 1)],
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 340), size=(400, 160), title="Negative prompt")
-    latent = wf.node("EmptyLatentImage", [256, 256, 2], outputs=[("LATENT", "LATENT")], pos=(400, 540),
+    latent = wf.node("EmptyLatentImage", [SIDE, SIDE, 2], outputs=[("LATENT", "LATENT")], pos=(400, 540),
                      size=(320, 110))
     conds = [("positive", "CONDITIONING", pos, 0), ("negative", "CONDITIONING", neg, 0),
              ("latent_image", "LATENT", latent, 0)]
@@ -139,16 +145,16 @@ def minority_side_by_side() -> UIWorkflow:
     return wf
 
 
-IPGO_PROMPT = "a red apple on a wooden table"
-IPGO_LIST = ["a red apple on a wooden table", "a yellow lemon on a white plate", "a green pear in a basket"]
-IPGO_NEW_PROMPT = "an orange on a kitchen counter"
+IPGO_PROMPT = "a green square in the center"
+IPGO_LIST = ["a red circle", "a blue square on the left", "a yellow triangle, black background"]
+IPGO_NEW_PROMPT = "a green circle on the right"
 IPGO_OUT = [("tokens", "IPGO_TOKENS"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
             ("best_images", "IMAGE"), ("reward_curve", "IMAGE"), ("report", "STRING")]
 
 
 def _ipgo_optimize(wf, ckpt, reward, prompts: str, epochs: int, accumulation: int, title: str):
     """The optimizer at the paper's token settings but few epochs on a small image (the demo runs on CPUs)."""
-    sampling = [0, 12, 7.5, "euler", "normal", 128, 128]
+    sampling = [0, 12, 7.5, "euler", "normal", SIDE, SIDE]
     training = [epochs, 0.01, 10, 0.9, accumulation, 10, 10, 300, True, 0.001, 2, 1.0, 0]
     return wf.node("PromptOptim_IPGOOptimize", [prompts, "", *sampling, *training],
                    inputs=[("model", "MODEL", ckpt, 0), ("clip", "CLIP", ckpt, 1), ("vae", "VAE", ckpt, 2),
@@ -169,7 +175,7 @@ def _ipgo_compare(wf, ckpt, tokens, judge, prompt: str):
     raw_neg = wf.node("CLIPTextEncode", [""], inputs=[("clip", "CLIP", ckpt, 1)],
                       outputs=[("CONDITIONING", "CONDITIONING")], pos=(840, 800), size=(360, 100),
                       title="Empty negative")
-    latent = wf.node("EmptyLatentImage", [128, 128, 1], outputs=[("LATENT", "LATENT")], pos=(840, 300),
+    latent = wf.node("EmptyLatentImage", [SIDE, SIDE, 1], outputs=[("LATENT", "LATENT")], pos=(840, 300),
                      size=(320, 110))
     sampling = [0, "fixed", 12, 7.5, "euler", "normal", 1.0]
     rows = [("ipgo", (apply, 0), (apply, 1)), ("raw", (raw_pos, 0), (raw_neg, 0))]
@@ -192,7 +198,7 @@ def _ipgo_common():
     wf = UIWorkflow()
     ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
                    pos=(40, 300), size=(320, 100))
-    reward = wf.node("PromptOptim_LoadRewardModel", ["clip", REWARD_NAMES["clip"], "none", "", "auto"],
+    reward = wf.node("PromptOptim_LoadRewardModel", ["clip", LAB_CLIP, "none", "", "auto"],
                      outputs=REWARD_OUT, pos=(40, 460), size=(320, 160), title="Reward IPGO raises (CLIP)")
     judge = wf.node("PromptOptim_LoadRewardModel", ["image_reward", REWARD_NAMES["image_reward"], "none", "", "auto"],
                     outputs=REWARD_OUT, pos=(40, 680), size=(320, 160), title="Second reward (ImageReward)")
@@ -247,9 +253,9 @@ def gfn_rewriter_batch() -> UIWorkflow:
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(440, 60), size=(400, 160),
                   title="One encoding per rewrite")
     wf.nodes[pos - 1]["inputs"][0]["widget"] = {"name": "text"}  # a widget fed by a link, as the editor saves it
-    neg = wf.node("CLIPTextEncode", ["blurry, low quality"], inputs=[("clip", "CLIP", ckpt, 1)],
+    neg = wf.node("CLIPTextEncode", [NEGATIVE], inputs=[("clip", "CLIP", ckpt, 1)],
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(440, 280), size=(400, 160), title="Negative prompt")
-    latent = wf.node("EmptyLatentImage", [256, 256, 1], outputs=[("LATENT", "LATENT")], pos=(440, 500),
+    latent = wf.node("EmptyLatentImage", [SIDE, SIDE, 1], outputs=[("LATENT", "LATENT")], pos=(440, 500),
                      size=(320, 110))
     sampler = wf.node("KSampler", [42, "fixed", 12, 7.5, "euler", "normal", 1.0],
                       inputs=[("model", "MODEL", ckpt, 0), ("positive", "CONDITIONING", pos, 0),
@@ -259,7 +265,7 @@ def gfn_rewriter_batch() -> UIWorkflow:
                      outputs=[("IMAGE", "IMAGE")], pos=(1240, 200), size=(210, 50))
     batch = wf.node("RebatchImages", [REWRITES], inputs=[("images", "IMAGE", decode, 0)],
                     outputs=[("IMAGE", "IMAGE")], pos=(1240, 300), size=(240, 80), title="List -> one batch")
-    reward = wf.node("PromptOptim_LoadRewardModel", ["clip", REWARD_NAMES["clip"], "none", "", "auto"],
+    reward = wf.node("PromptOptim_LoadRewardModel", ["clip", LAB_CLIP, "none", "", "auto"],
                      outputs=REWARD_OUT, pos=(880, 560), size=(360, 160))
     score = wf.node("PromptOptim_ScoreImages", [REWRITER_PROMPT, False, 0],
                     inputs=[("images", "IMAGE", batch, 0), ("reward", "REWARD_MODEL", reward, 0)],

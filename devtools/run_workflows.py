@@ -2,8 +2,9 @@
 
     python -m devtools.run_workflows [--ckpt FILE] [--output DIR] [--workflows DIR]
 
-Uses the embedded default model (a small generated SD1.x checkpoint) unless --ckpt or $CKPT names
-the user's own checkpoint file; every CheckpointLoaderSimple in the workflows is pointed at it.
+Uses the embedded default model (the lab's SD1.x model, trained on a world of shapes: lab/README.md)
+at its native 64 px unless --ckpt or $CKPT names the user's own checkpoint file; every
+CheckpointLoaderSimple in the workflows is pointed at it, and the workflows' own sizes (512) are kept.
 """
 from __future__ import annotations
 
@@ -16,22 +17,32 @@ import time
 from pathlib import Path
 
 from devtools.base_dir import make_base_dir
-from devtools.checkpoints import checkpoint_path
 from devtools.comfy_path import CACHE, PACK_ROOT
+from devtools.prompt_rewriters import NAMES as REWRITER_NAMES
+from devtools.prompt_rewriters import prompt_rewriters_dir
 from devtools.reward_models import reward_models_dir
 from devtools.server import ComfyServer
 from devtools.workflow_format import ui_to_api
 
 
-def load_graphs(workflow_dir: Path, object_info: dict, ckpt_name: str) -> dict[str, dict]:
-    graphs = {}
-    for path in sorted(Path(workflow_dir).glob("*.json")):
-        graph = ui_to_api(json.loads(path.read_text()), object_info)
-        for node in graph.values():
-            if node["class_type"] == "CheckpointLoaderSimple":
-                node["inputs"]["ckpt_name"] = ckpt_name
-        graphs[path.stem] = graph
-    return graphs
+REWRITER = REWRITER_NAMES["policy"]
+LAB_SIDE = 64  # the lab model's training resolution
+SIZED_NODES = ("EmptyLatentImage", "PromptOptim_IPGOOptimize")  # nodes with width / height inputs
+
+
+def fit_graph(graph: dict, ckpt_name: str, side: int | None = None) -> dict:
+    """Point every checkpoint loader at ckpt_name and, when side is given, make every image side x side."""
+    for node in graph.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = ckpt_name
+        if side and node["class_type"] in SIZED_NODES:
+            node["inputs"]["width"] = node["inputs"]["height"] = side
+    return graph
+
+
+def load_graphs(workflow_dir: Path, object_info: dict, ckpt_name: str, side: int | None = None) -> dict[str, dict]:
+    return {path.stem: fit_graph(ui_to_api(json.loads(path.read_text()), object_info), ckpt_name, side)
+            for path in sorted(Path(workflow_dir).glob("*.json"))}
 
 
 def main(argv=None) -> int:
@@ -42,20 +53,28 @@ def main(argv=None) -> int:
     ap.add_argument("--workflows", type=Path, default=PACK_ROOT / "workflows")
     args = ap.parse_args(argv)
 
-    ckpt = Path(args.ckpt).expanduser().resolve() if args.ckpt else checkpoint_path("sd1")
+    from lab.checkpoint import lab_checkpoint_path, lab_reward_folder
+
+    ckpt = Path(args.ckpt).expanduser().resolve() if args.ckpt else lab_checkpoint_path()
     if not ckpt.is_file():
         print(f"checkpoint not found: {ckpt}", file=sys.stderr)
         return 2
+    side = None if args.ckpt else LAB_SIDE
     base = CACHE / "demo-base"
     shutil.rmtree(base / "models" / "checkpoints", ignore_errors=True)
-    rewards = reward_models_dir()  # tiny random reward models: the demo's scores are not meaningful
+    # the lab's trained image-caption CLIP, plus tiny random models in the other families' layouts (their
+    # scores mean nothing: they only show the wiring of a held-out second reward)
+    rewards = [lab_reward_folder()] + sorted(p for p in reward_models_dir().iterdir() if not p.name.startswith("."))
     shutil.rmtree(base / "models" / "rewards", ignore_errors=True)
-    make_base_dir(base, checkpoints=[ckpt], rewards=sorted(p for p in rewards.iterdir() if not p.name.startswith(".")))
+    # a tiny random rewriter policy: shows the GFlowNet rewriter's wiring (its rewrites are word salad; no
+    # trained policy is published, train one with `python -m core.gfn_rewriter.train`)
+    shutil.rmtree(base / "models" / "prompt_rewriters", ignore_errors=True)
+    make_base_dir(base, checkpoints=[ckpt], rewards=rewards, prompt_rewriters=[prompt_rewriters_dir() / REWRITER])
     args.output.mkdir(parents=True, exist_ok=True)
-    print(f"model: {ckpt}")
+    print(f"model: {ckpt}" + (f" at {side} px" if side else ""))
     failures = 0
     with ComfyServer(base, output_dir=args.output) as server:
-        graphs = load_graphs(args.workflows, server.object_info(), ckpt.name)
+        graphs = load_graphs(args.workflows, server.object_info(), ckpt.name, side)
         for name, graph in graphs.items():
             started = time.time()
             try:

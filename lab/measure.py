@@ -1,6 +1,7 @@
 """Measure each method's claim in the lab world, through ComfyUI's executor, on the lab model and reward.
 
-    python -m lab.measure [--scale full|ci] [--out benchmarks/lab_results.md] [--grid benchmarks/lab_grid.png]
+    python -m lab.measure [--scale full|ci] [--only MinorityPrompt DATE IPGO] [--out benchmarks/lab_results.md]
+                          [--grid benchmarks/lab_grid.png]
 
 Same prompts, seeds, sampler and schedule for the baseline and every method arm; the images are judged
 by the world's attribute extractor (not by the reward any method optimized):
@@ -11,6 +12,9 @@ by the world's attribute extractor (not by the reward any method optimized):
   stop-gradient term of the split).
 - DATE (prompts name all five attributes, combinations drawn uniformly so rare ones are common):
   the extractor's caption-match accuracy should rise. Arms: updates at 10% of the steps, at every step.
+- IPGO (same kind of prompts): the lab reward and the extractor's accuracy should rise with the learned
+  tokens vs the raw prompt: prompt-wise at the training seed and at an unseen seed, batch-wise on
+  prompts not seen in training. 15 epochs, learning rate 0.01 (the paper: 50 epochs at 1e-3 on SD1.5).
 """
 from __future__ import annotations
 
@@ -108,6 +112,7 @@ class Arm:
     found: list[dict] = field(default_factory=list)  # extracted attributes per image
     wanted: list[dict] = field(default_factory=list)  # named attributes per image
     likelihood: list[float] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)  # the optimized reward (IPGO)
     images: list[np.ndarray] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -155,7 +160,7 @@ def run_arm(comfy, name: str, graphs: list[tuple[str, dict]], likelihood: bool =
     return arm
 
 
-def minority_experiment(comfy, ckpt: str, scale: Scale) -> list[Arm]:
+def minority_experiment(comfy, ckpt: str, scale: Scale, ablations: bool = True) -> list[Arm]:
     prompts = MINORITY_PROMPTS[:scale.prompts]
     seeds = range(scale.seeds)
 
@@ -165,10 +170,12 @@ def minority_experiment(comfy, ckpt: str, scale: Scale) -> list[Arm]:
                 for i, p in enumerate(prompts) for s in seeds]
 
     fraction = 0.1 if scale.steps >= 20 else 0.2  # the paper's first 10% (at least 2 steps)
-    return [run_arm(comfy, "baseline", graphs(plain_guider()), likelihood=True),
-            run_arm(comfy, "MinorityPrompt", graphs(minority_guider(optimize_fraction=fraction)), likelihood=True),
-            run_arm(comfy, "no annealing", graphs(minority_guider(optimize_fraction=fraction, anneal=False))),
-            run_arm(comfy, "lambda 0", graphs(minority_guider(optimize_fraction=fraction, sg_lambda=0.0)))]
+    arms = [run_arm(comfy, "baseline", graphs(plain_guider()), likelihood=True),
+            run_arm(comfy, "MinorityPrompt", graphs(minority_guider(optimize_fraction=fraction)), likelihood=True)]
+    if ablations:
+        arms += [run_arm(comfy, "no annealing", graphs(minority_guider(optimize_fraction=fraction, anneal=False))),
+                 run_arm(comfy, "lambda 0", graphs(minority_guider(optimize_fraction=fraction, sg_lambda=0.0)))]
+    return arms
 
 
 def date_prompts(count: int, seed: int = 5) -> list[str]:
@@ -176,7 +183,7 @@ def date_prompts(count: int, seed: int = 5) -> list[str]:
     return [Scene(*(str(rng.choice(list(d))) for d in ATTRIBUTES.values())).caption() for _ in range(count)]
 
 
-def date_experiment(comfy, ckpt: str, reward_name: str, scale: Scale) -> list[Arm]:
+def date_experiment(comfy, ckpt: str, reward_name: str, scale: Scale, ablations: bool = True) -> list[Arm]:
     prompts = date_prompts(scale.prompts)
 
     def graphs(guider):
@@ -189,10 +196,86 @@ def date_experiment(comfy, ckpt: str, reward_name: str, scale: Scale) -> list[Ar
                 out.append((p, g))
         return out
 
-    return [run_arm(comfy, "baseline", graphs(plain_guider())),
-            run_arm(comfy, "DATE 10% of steps", graphs(date_guider(reward_name))),
-            run_arm(comfy, "DATE every step", graphs(date_guider(reward_name, schedule="every_k_steps",
-                                                                 schedule_value="1")))]
+    arms = [run_arm(comfy, "baseline", graphs(plain_guider())),
+            run_arm(comfy, "DATE 10% of steps", graphs(date_guider(reward_name)))]
+    if ablations:
+        arms.append(run_arm(comfy, "DATE every step", graphs(date_guider(reward_name, schedule="every_k_steps",
+                                                                          schedule_value="1"))))
+    return arms
+
+
+IPGO_SETTINGS = dict(epochs=15, learning_rate=0.01, lr_step=10, lr_gamma=0.9, prefix_tokens=10, suffix_tokens=10,
+                     rank=300, rotation=True, conformity_weight=0.001, last_steps=2, clip_norm=1.0, init_seed=0)
+
+
+def ipgo_graph(ckpt: str, reward_name: str, train_prompts: list[str], eval_prompts: list[str],
+               seeds: list[tuple[int, int]], steps: int, accumulation: int) -> dict:
+    """IPGO Optimize on train_prompts (seed of the first pair), then every eval prompt sampled raw and with the
+    learned tokens (IPGO Encode with Learned Tokens) for every (seed, batch) pair, all scored by the reward."""
+    graph = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+             "rw": reward_node(reward_name),
+             "ipgo": {"class_type": "PromptOptim_IPGOOptimize", "inputs": {
+                 "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "reward": ["rw", 0],
+                 "prompts": "\n".join(train_prompts), "negative": "", "sampling_seed": seeds[0][0], "steps": steps,
+                 "cfg": CFG, "sampler_name": "euler", "scheduler": "normal", "width": 64, "height": 64,
+                 "accumulation": accumulation, **IPGO_SETTINGS}},
+             "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}}}
+    for i, prompt in enumerate(eval_prompts):
+        graph[f"raw{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": prompt}}
+        graph[f"app{i}"] = {"class_type": "PromptOptim_IPGOApply", "inputs": {
+            "clip": ["ckpt", 1], "tokens": ["ipgo", 0], "text": prompt, "negative": ""}}
+        for j, (seed, batch) in enumerate(seeds):
+            graph[f"lat{i}_{j}"] = {"class_type": "EmptyLatentImage",
+                                    "inputs": {"width": 64, "height": 64, "batch_size": batch}}
+            for arm, pos, neg in (("raw", [f"raw{i}", 0], ["neg", 0]), ("ipgo", [f"app{i}", 0], [f"app{i}", 1])):
+                key = f"{arm}{i}_{j}"
+                graph[f"ks_{key}"] = {"class_type": "KSampler", "inputs": {
+                    "model": ["ckpt", 0], "positive": pos, "negative": neg, "latent_image": [f"lat{i}_{j}", 0],
+                    "seed": seed, "steps": steps, "cfg": CFG, "sampler_name": "euler", "scheduler": "normal",
+                    "denoise": 1.0}}
+                graph[f"dec_{key}"] = {"class_type": "VAEDecode",
+                                       "inputs": {"samples": [f"ks_{key}", 0], "vae": ["ckpt", 2]}}
+                graph[f"score_{key}"] = {"class_type": "PromptOptim_ScoreImages", "inputs": {
+                    "images": [f"dec_{key}", 0], "reward": ["rw", 0], "prompt": prompt, "prompt_per_line": False,
+                    "top_k": 0}}
+                graph[f"out_{key}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"dec_{key}", 0]}}
+    return graph
+
+
+def ipgo_experiment(comfy, ckpt: str, reward_name: str, scale: Scale) -> list[Arm]:
+    """Prompt-wise: tokens learned per prompt at one seed, evaluated at that seed (the images it optimized)
+    and at an unseen seed. Batch-wise: tokens learned on several prompts, evaluated on unseen prompts."""
+    prompts = date_prompts(scale.prompts + 2, seed=11)
+    trained, unseen = prompts[:scale.prompts], prompts[scale.prompts:]
+    arms = {name: Arm(name) for name in ("prompt-wise, training seed: raw", "prompt-wise, training seed: IPGO",
+                                         "prompt-wise, unseen seed: raw", "prompt-wise, unseen seed: IPGO",
+                                         "batch-wise, unseen prompts: raw", "batch-wise, unseen prompts: IPGO")}
+    start = time.time()
+    # one optimization per prompt serves both seeds: the training seed (batch 1, its noise) and an unseen one
+    for i, p in enumerate(trained):
+        graph = ipgo_graph(ckpt, reward_name, [p], [p], [(3000 + i, 1), (3500 + i, scale.batch)], scale.steps, 4)
+        comfy.run(graph)
+        for j, label in ((0, "training seed"), (1, "unseen seed")):
+            _collect(comfy, arms, f"prompt-wise, {label}", p, f"0_{j}")
+    prompt_wise_seconds = time.time() - start
+    graph = ipgo_graph(ckpt, reward_name, trained, unseen, [(4000, scale.batch)], scale.steps, len(trained))
+    comfy.run(graph)
+    for i, p in enumerate(unseen):
+        _collect(comfy, arms, "batch-wise, unseen prompts", p, f"{i}_0")
+    for name, arm in arms.items():  # the time of the whole group (optimization + evaluation)
+        arm.seconds = prompt_wise_seconds if name.startswith("prompt") else time.time() - start - prompt_wise_seconds
+    return list(arms.values())
+
+
+def _collect(comfy, arms: dict[str, Arm], group: str, prompt: str, key: str):
+    for arm_kind in ("raw", "ipgo"):
+        arm = arms[f"{group}: {'raw' if arm_kind == 'raw' else 'IPGO'}"]
+        images = (comfy.node_outputs(f"dec_{arm_kind}{key}")[0][0].numpy() * 255).round().astype(np.uint8)
+        arm.rewards.extend(float(v) for v in comfy.node_outputs(f"score_{arm_kind}{key}")[1])
+        for image in images:
+            arm.found.append(extract(image))
+            arm.wanted.append(named(prompt))
+            arm.images.append(image)
 
 
 # -- report --------------------------------------------------------------------------------------------
@@ -239,6 +322,29 @@ def date_table(arms: list[Arm]) -> list[str]:
     return lines
 
 
+def ipgo_table(arms: list[Arm]) -> list[str]:
+    lines = ["| arm | images | lab reward ↑ | named-attribute accuracy ↑ | all five right ↑ | s (group) |",
+             "|---|---|---|---|---|---|"]
+    for arm in arms:
+        lines.append(f"| {arm.name} | {len(arm.found)} | {_fmt(_mean_se(arm.rewards))} | "
+                     f"{_fmt(arm.named_accuracy())} | {_fmt(arm.all_named_right())} | {arm.seconds:.0f} |")
+    lines.append("")
+    lines.append("Claim (IPGO vs raw prompt, same seeds): " + "; ".join(
+        f"{group}: {'; '.join(f'{k} {v}' for k, v in verdict.items())}"
+        for group, verdict in ipgo_verdict(arms).items()))
+    return lines
+
+
+def ipgo_verdict(arms: list[Arm]) -> dict[str, dict[str, str]]:
+    out = {}
+    for raw, tuned in zip(arms[0::2], arms[1::2]):
+        group = raw.name.rsplit(":", 1)[0]
+        out[group] = {"reward": "rises" if _mean_se(tuned.rewards)[0] > _mean_se(raw.rewards)[0] else "does NOT rise",
+                      "accuracy": "rises" if tuned.named_accuracy()[0] > raw.named_accuracy()[0] else
+                      "does NOT rise"}
+    return out
+
+
 def grid(arms_by_experiment: dict[str, list[Arm]], per_row: int = 8):
     from PIL import Image
 
@@ -248,6 +354,9 @@ def grid(arms_by_experiment: dict[str, list[Arm]], per_row: int = 8):
         for c, image in enumerate(images):
             canvas.paste(Image.fromarray(image), (c * 64, r * 64))
     return canvas, [label for label, _ in rows]
+
+
+TABLES = {"MinorityPrompt": minority_table, "DATE": date_table, "IPGO": ipgo_table}
 
 
 def start_comfy():
@@ -265,16 +374,21 @@ def main():
     ap.add_argument("--scale", choices=list(SCALES), default="full")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--grid", type=Path, default=None)
+    ap.add_argument("--only", nargs="+", choices=list(TABLES), default=list(TABLES))
     args = ap.parse_args()
     scale = SCALES[args.scale]
     comfy, ckpt, reward = start_comfy()
     started = time.time()
-    experiments = {"MinorityPrompt": minority_experiment(comfy, ckpt, scale),
-                   "DATE": date_experiment(comfy, ckpt, reward, scale)}
+    experiments = {}
+    for name in args.only:
+        experiments[name] = (minority_experiment(comfy, ckpt, scale) if name == "MinorityPrompt" else
+                             date_experiment(comfy, ckpt, reward, scale) if name == "DATE" else
+                             ipgo_experiment(comfy, ckpt, reward, scale))
     lines = [f"Scale `{args.scale}`: {scale.prompts} prompts x {scale.seeds} seeds x {scale.batch} images, "
              f"euler / normal, {scale.steps} steps, cfg {CFG}, 64 px; ± = standard error; "
-             f"{time.time() - started:.0f} s in all.", "", "### MinorityPrompt", ""]
-    lines += minority_table(experiments["MinorityPrompt"]) + ["", "### DATE", ""] + date_table(experiments["DATE"])
+             f"{time.time() - started:.0f} s in all."]
+    for name, arms in experiments.items():
+        lines += ["", f"### {name}", ""] + TABLES[name](arms)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -57,9 +57,27 @@ def reward_entries(folder: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def base_dir(tmp_path_factory, sd1_checkpoint, sdxl_checkpoint, ip2p_unet, reward_models, prompt_rewriters) -> Path:
-    return make_base_dir(tmp_path_factory.mktemp("comfy_base"), checkpoints=[sd1_checkpoint, sdxl_checkpoint],
-                         diffusion_models=[ip2p_unet], rewards=reward_entries(reward_models),
+def lab_checkpoint() -> Path:
+    """The lab's trained text-to-image model, expanded into SD1.x's single-file layout (lab/checkpoint.py)."""
+    from lab.checkpoint import lab_checkpoint_path
+
+    return lab_checkpoint_path()
+
+
+@pytest.fixture(scope="session")
+def lab_reward() -> Path:
+    """The lab's trained image-caption reward, as a Hugging Face CLIPModel folder."""
+    from lab.checkpoint import lab_reward_folder
+
+    return lab_reward_folder()
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory, sd1_checkpoint, sdxl_checkpoint, ip2p_unet, reward_models, prompt_rewriters,
+             lab_checkpoint, lab_reward) -> Path:
+    return make_base_dir(tmp_path_factory.mktemp("comfy_base"),
+                         checkpoints=[sd1_checkpoint, sdxl_checkpoint, lab_checkpoint],
+                         diffusion_models=[ip2p_unet], rewards=reward_entries(reward_models) + [lab_reward],
                          prompt_rewriters=reward_entries(prompt_rewriters))
 
 
@@ -72,12 +90,13 @@ def comfy(base_dir):
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, sd1_checkpoint, reward_models, prompt_rewriters):
+def comfy_server(tmp_path_factory, sd1_checkpoint, reward_models, prompt_rewriters, lab_checkpoint, lab_reward):
     """The real ComfyUI main.py, headless on a free loopback port, with only this pack enabled."""
     from devtools.server import ComfyServer
 
-    base = make_base_dir(tmp_path_factory.mktemp("server_base"), checkpoints=[sd1_checkpoint],
-                         rewards=reward_entries(reward_models), prompt_rewriters=reward_entries(prompt_rewriters))
+    base = make_base_dir(tmp_path_factory.mktemp("server_base"), checkpoints=[sd1_checkpoint, lab_checkpoint],
+                         rewards=reward_entries(reward_models) + [lab_reward],
+                         prompt_rewriters=reward_entries(prompt_rewriters))
     with ComfyServer(base) as server:
         yield server
 

@@ -3,12 +3,11 @@ ComfyUI's own modules built from the expanded weights compute what the narrow mo
 import pytest
 import torch
 
-from devtools.comfy_path import configure_comfy_args
 
-configure_comfy_args()
-
-from lab.text_encoder import LabTextEncoder  # noqa: E402
-from lab.unet import FACTOR, SD1_WIDTH, WIDTH, _sinusoid_columns, build_unet, expand_state_dict, wide_shapes  # noqa: E402
+@pytest.fixture(autouse=True)
+def _comfy(comfy):
+    """lab/ builds ComfyUI's modules: import them only once the session's ComfyUI is configured (importing
+    ComfyUI earlier would fix its model folders before the test base directory is set)."""
 
 
 def _randomize(module: torch.nn.Module, seed: int):
@@ -18,6 +17,7 @@ def _randomize(module: torch.nn.Module, seed: int):
 
 
 def test_wide_unet_computes_the_narrow_one():
+    from lab.unet import SD1_WIDTH, build_unet, expand_state_dict, wide_shapes
     narrow = build_unet()
     _randomize(narrow, 0)
     wide = build_unet(SD1_WIDTH)
@@ -31,6 +31,7 @@ def test_wide_unet_computes_the_narrow_one():
 
 
 def test_expansion_rules_fail_loudly_and_pick_matching_frequencies():
+    from lab.unet import FACTOR, SD1_WIDTH, WIDTH, _sinusoid_columns, build_unet, expand_state_dict, wide_shapes
     source = _sinusoid_columns(WIDTH, SD1_WIDTH)
     half_n, half_w = WIDTH // 2, SD1_WIDTH // 2
     # frequency of wide cos feature j is exp(-ln(1e4) j / half_w); narrow i: exp(-ln(1e4) i / half_n)
@@ -51,6 +52,7 @@ def test_expanded_text_encoder_is_comfyuis_sd1_clip():
     """Through ComfyUI's SD1 CLIP (12 layers, causal mask, final norm) with the expanded weights."""
     import comfy.sd1_clip
 
+    from lab.text_encoder import LabTextEncoder
     from lab.train import Tokenizer, world_token_ids
 
     tokenizer = Tokenizer()

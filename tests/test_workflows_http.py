@@ -11,8 +11,10 @@ import safetensors
 from PIL import Image
 
 from conftest import WORKFLOWS
+from devtools.run_workflows import LAB_SIDE, fit_graph
 from devtools.server import EventListener
 from devtools.workflow_format import ui_to_api
+from lab.world import ATTRIBUTES, extract
 
 
 def test_only_this_pack_is_loaded(object_info):
@@ -23,12 +25,13 @@ def test_only_this_pack_is_loaded(object_info):
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
-def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd1_checkpoint):
+def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, lab_checkpoint):
     ui = json.loads(workflow.read_text())
     graph = ui_to_api(ui, object_info)
     for node in graph.values():
         if node["class_type"] == "CheckpointLoaderSimple":
-            assert node["inputs"]["ckpt_name"] == sd1_checkpoint.name  # the embedded default model
+            assert node["inputs"]["ckpt_name"] == lab_checkpoint.name  # the embedded default model
+    fit_graph(graph, lab_checkpoint.name, LAB_SIDE)  # as the demo runs it
     with EventListener(comfy_server) as events:
         entry = comfy_server.run(graph, events=events)
     files = comfy_server.output_files(entry)
@@ -81,6 +84,35 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, sd
             report = entry["outputs"][node_id]["text"][0]
             values = [float(line.split(":")[1]) for line in report.splitlines() if line.startswith("image ")]
             assert len(values) == latent["batch_size"] and all(math.isfinite(v) for v in values), report
+    check_plain_samples_are_recognizable(comfy_server, graph, entry)
+
+
+def check_plain_samples_are_recognizable(server, graph: dict, entry: dict):
+    """Images a plain KSampler drew from a CLIP Text Encode prompt show the prompted color (read by the lab's
+    attribute extractor) in at least half of the cases: the demo model draws pictures that follow the prompt.
+    The lab model follows color, size and background well but shape only a little above chance
+    (benchmarks/lab_training.md), so shape is reported, not asserted, here."""
+    colors, shapes, total = 0, 0, 0
+    for nid, node in graph.items():
+        positive = node["inputs"].get("positive") if node["class_type"] == "KSampler" else None
+        if not positive or graph[positive[0]]["class_type"] != "CLIPTextEncode":
+            continue
+        prompt = graph[positive[0]]["inputs"]["text"]
+        if not isinstance(prompt, str):  # text from another node (e.g. the prompt rewriter): not a lab caption
+            continue
+        wanted = {a: v for a, d in ATTRIBUTES.items() for v in d if v in prompt.replace(",", " ").split()}
+        if not {"shape", "color"} <= wanted.keys():
+            continue
+        for decode in consumers(graph, nid, 0, "VAEDecode"):
+            for save in consumers(graph, decode, 0, "SaveImage"):
+                for image in entry["outputs"][save]["images"]:
+                    with Image.open(io.BytesIO(server.view(image))) as im:
+                        found = extract(im.convert("RGB"))
+                    total += 1
+                    colors += found["color"] == wanted["color"]
+                    shapes += found["shape"] == wanted["shape"]
+    print(f"plain samples: prompted color in {colors}/{total}, prompted shape in {shapes}/{total}")
+    assert colors >= total / 2, f"prompted color in only {colors} of {total} plain samples"
 
 
 def check_rewriter(events, graph: dict, entry: dict, node_id: str):

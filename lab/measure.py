@@ -40,7 +40,7 @@ class Scale:
     steps: int
 
 
-SCALES = {"full": Scale(prompts=6, seeds=2, batch=4, steps=20), "ci": Scale(prompts=2, seeds=1, batch=4, steps=12)}
+SCALES = {"full": Scale(prompts=4, seeds=2, batch=4, steps=20), "ci": Scale(prompts=2, seeds=1, batch=4, steps=12)}
 CFG = 5.0
 MINORITY_PROMPTS = ["a red circle", "a blue square", "a green circle", "a red square", "a blue circle",
                     "a green square"]
@@ -155,7 +155,7 @@ def run_arm(comfy, name: str, graphs: list[tuple[str, dict]], likelihood: bool =
             arm.wanted.append(named(prompt))
             arm.images.append(image)
         if likelihood:
-            arm.likelihood.extend(float(v) for v in comfy.node_outputs("lik")[0][0])
+            arm.likelihood.extend(float(v) for v in comfy.node_outputs("lik")[0])  # an output list
     arm.seconds = time.time() - start
     return arm
 
@@ -289,7 +289,7 @@ def minority_table(arms: list[Arm]) -> list[str]:
     lines = ["| arm | images | log p(attributes) ↓ | rare share (unnamed) ↑ | named accuracy | likelihood estimate ↓ | s |",
              "|---|---|---|---|---|---|---|"]
     for arm in arms:
-        lik = _fmt(_mean_se(arm.likelihood), 1) if arm.likelihood else "—"
+        lik = _fmt(_mean_se(arm.likelihood), 4) if arm.likelihood else "—"
         lines.append(f"| {arm.name} | {len(arm.found)} | {_fmt(arm.log_prob())} | {_fmt(arm.rare_share())} | "
                      f"{_fmt(arm.named_accuracy())} | {lik} | {arm.seconds:.0f} |")
     method = arms[1]

@@ -181,7 +181,7 @@ def main():
     ap.add_argument("--images", type=int, default=6000)
     ap.add_argument("--ae-steps", type=int, default=1000)
     ap.add_argument("--ae-batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--unet-lr", type=float, default=1e-3)

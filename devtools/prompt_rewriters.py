@@ -11,11 +11,11 @@ nothing is downloaded. Weights are seeded; folders are cached by VERSION.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import torch
 
+from devtools.cached_folder import cached_folder
 from devtools.comfy_path import CACHE
 
 VERSION = 1
@@ -62,22 +62,14 @@ def write_policy(folder: Path, seed: int = 0) -> Path:
 
 def prompt_rewriters_dir(out_dir: Path | None = None) -> Path:
     """The folder holding the tiny policy and the bad folders (generated on first use)."""
-    out = Path(out_dir or DEFAULT_DIR)
-    if (out / ".complete").exists():
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with torch.inference_mode(False):
-        write_policy(tmp / NAMES["policy"])
-        tiny_gpt2(len(WORDS) + 2).save_pretrained(str(tmp / BAD["missing_tokenizer"]), safe_serialization=True)
-        not_lm = tmp / BAD["not_causal_lm"]
+    def write(folder: Path) -> None:
+        write_policy(folder / NAMES["policy"])
+        tiny_gpt2(len(WORDS) + 2).save_pretrained(str(folder / BAD["missing_tokenizer"]), safe_serialization=True)
+        not_lm = folder / BAD["not_causal_lm"]
         tiny_gpt2(len(WORDS) + 2, lm_head=False).save_pretrained(str(not_lm), safe_serialization=True)
         build_tokenizer().save_pretrained(str(not_lm))
-    (tmp / ".complete").write_text(str(VERSION))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
-    return out
+
+    return cached_folder(Path(out_dir or DEFAULT_DIR), VERSION, write)
 
 
 def main():

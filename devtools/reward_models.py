@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from devtools.cached_folder import cached_folder
 from devtools.comfy_path import CACHE, PACK_ROOT, comfyui_root
 
 VERSION = 1
@@ -109,22 +110,13 @@ def _write_image_reward_folder(folder: Path, seed: int) -> None:
 
 def reward_models_dir(out_dir: Path | None = None) -> Path:
     """The folder holding every tiny reward (generated on first use)."""
-    out = Path(out_dir or DEFAULT_DIR)
-    stamp = out / ".complete"
-    if stamp.exists():
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with torch.inference_mode(False):
-        _write_clip_folder(tmp / NAMES["clip"], seed=1, with_tokenizer=True)
-        _write_clip_folder(tmp / NAMES["pickscore"], seed=2, with_tokenizer=False)
-        _write_aesthetic_head(tmp / NAMES["laion_aesthetic"], in_features=64, seed=3)
-        _write_image_reward_folder(tmp / NAMES["image_reward"], seed=4)
-    (tmp / ".complete").write_text(str(VERSION))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
-    return out
+    def write(folder: Path) -> None:
+        _write_clip_folder(folder / NAMES["clip"], seed=1, with_tokenizer=True)
+        _write_clip_folder(folder / NAMES["pickscore"], seed=2, with_tokenizer=False)
+        _write_aesthetic_head(folder / NAMES["laion_aesthetic"], in_features=64, seed=3)
+        _write_image_reward_folder(folder / NAMES["image_reward"], seed=4)
+
+    return cached_folder(Path(out_dir or DEFAULT_DIR), VERSION, write)
 
 
 def main():

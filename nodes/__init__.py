@@ -12,8 +12,8 @@ from .likelihood_node import NODES as LIKELIHOOD_NODES
 from .minority_nodes import NODES as MINORITY_NODES
 from .reward_nodes import NODES as REWARD_NODES
 
-reward_folder.register()
-rewriter_folder.register()
+reward_folder.REWARDS.register()
+rewriter_folder.REWRITERS.register()
 
 NODES: list[type[io.ComfyNode]] = [GradientCheck, *REWARD_NODES, *DATE_NODES, *MINORITY_NODES, *LIKELIHOOD_NODES,
                                   *IPGO_NODES, *REWRITER_NODES]

@@ -57,7 +57,7 @@ def load_rewriter(folder: Path, dtype_choice: str):
 class GFlowNetRewriter(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        entries = rewriter_folder.list_entries() or [NO_ENTRIES]
+        entries = rewriter_folder.REWRITERS.list_entries() or [NO_ENTRIES]
         return io.Schema(
             node_id="PromptOptim_GFlowNetRewriter",
             display_name=NODE,
@@ -108,10 +108,10 @@ class GFlowNetRewriter(io.ComfyNode):
     def execute(cls, policy, prompt, count, mode, seed, temperature, top_p, min_new_tokens, max_new_tokens,
                 diversity_penalty, template, dtype) -> io.NodeOutput:
         prompts = [line.strip() for line in require_prompt(NODE, "prompt", prompt).splitlines() if line.strip()]
-        folder = rewriter_folder.resolve(policy) if policy != NO_ENTRIES else None
+        folder = rewriter_folder.REWRITERS.resolve(policy) if policy != NO_ENTRIES else None
         if folder is None:
             raise NodeInputError(NODE, "policy", f"'{policy}' was not found; put {LAYOUT} in "
-                                 f"{rewriter_folder.expected_location()}.")
+                                 f"{rewriter_folder.REWRITERS.expected_location()}.")
         try:
             settings = RewriteSettings(count=count, mode=mode, seed=seed, temperature=temperature, top_p=top_p,
                                        min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,

@@ -33,7 +33,7 @@ def _family_help() -> str:
 class LoadRewardModel(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        entries = reward_folder.list_entries() or [NO_ENTRIES]
+        entries = reward_folder.REWARDS.list_entries() or [NO_ENTRIES]
         return io.Schema(
             node_id="PromptOptim_LoadRewardModel",
             display_name=LOAD_NODE,
@@ -63,16 +63,16 @@ class LoadRewardModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, family, weights, clip_backbone, open_clip_architecture, dtype) -> io.NodeOutput:
-        path = reward_folder.resolve(weights) if weights != NO_ENTRIES else None
+        path = reward_folder.REWARDS.resolve(weights) if weights != NO_ENTRIES else None
         if path is None:
             raise NodeInputError(LOAD_NODE, "weights", f"'{weights}' was not found; put {FAMILIES[family].layout} in "
-                                 f"{reward_folder.expected_location()}.")
+                                 f"{reward_folder.REWARDS.expected_location()}.")
         backbone = None
         if FAMILIES[family].needs_backbone:
-            backbone = reward_folder.resolve(clip_backbone) if clip_backbone != reward_folder.NONE else None
+            backbone = reward_folder.REWARDS.resolve(clip_backbone) if clip_backbone != reward_folder.NONE else None
             if backbone is None:
                 raise NodeInputError(LOAD_NODE, "clip_backbone", f"{FAMILIES[family].title} needs a CLIP ViT-L/14 "
-                                     f"backbone; choose its folder (in {reward_folder.expected_location()}).")
+                                     f"backbone; choose its folder (in {reward_folder.REWARDS.expected_location()}).")
         architecture = open_clip_architecture.strip() or None
 
         def build(device, torch_dtype):

@@ -188,7 +188,7 @@ def test_two_process_ddp_training_on_cpu_saves_and_resumes(folders, tmp_path):
     assert lines[2].get("flow_reactivated") == 1.0 and lines[5].get("flow_reactivated") == 1.0
     assert {"buffer_size", "diversity", "reward_temperature", "exploration_temperature"} <= set(lines[-1])
     assert (out / "rank0.pt").is_file() and (out / "rank1.pt").is_file()
-    state = torch.load(out / "trainer.pt", weights_only=False)
+    state = torch.load(out / "trainer.pt", weights_only=True)
     assert state["step"] == 6
     model, tok = load_policy(out / "policy")  # the trained policy is a rewriter folder the node loads
     original, _ = load_policy(folders / NAMES["policy"])

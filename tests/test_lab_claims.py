@@ -25,8 +25,7 @@ def paired(base: list[float], method: list[float]) -> tuple[float, float]:
 
 def log_probs(arm: measure.Arm) -> list[float]:
     """True log-probability of each image's attributes; an image with no shape counts as the rarest value."""
-    floor = min(Scene(s, c, z, p, b).log_prob() for s in ("triangle",) for c in ("yellow",) for z in ("small",)
-                for p in ("left",) for b in ("black",))
+    floor = Scene("triangle", "yellow", "small", "left", "black").log_prob()
     return [Scene(**f).log_prob() if f["shape"] is not None else floor for f in arm.found]
 
 

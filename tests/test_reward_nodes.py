@@ -121,7 +121,7 @@ def test_rewards_folder_is_registered_and_merged(comfy, pack, base_dir):
     paths = folder_paths.get_folder_paths("rewards")
     assert str(base_dir / "models" / "rewards") == paths[0]
     folder_paths.add_model_folder_path("rewards", "/elsewhere/rewards")  # as extra_model_paths.yaml would
-    module = pack.reward_nodes.reward_folder
+    module = pack.reward_nodes.reward_folder.REWARDS
     module.register()
     assert folder_paths.get_folder_paths("rewards")[:2] == [str(base_dir / "models" / "rewards"), "/elsewhere/rewards"]
     assert set(NAMES.values()) <= set(module.list_entries())

@@ -51,7 +51,7 @@ def save(trainer: Trainer, out: str | Path) -> None:
 def load(trainer: Trainer, out: str | Path) -> None:
     """Restore a trainer built from OUT/policy (the saved weights) to where the last save left it."""
     out = Path(out)
-    state = torch.load(out / "trainer.pt", map_location="cpu", weights_only=False)
+    state = torch.load(out / "trainer.pt", map_location="cpu", weights_only=True)  # plain tensors, numbers, lists and dicts only
     if state["config"]["objective"] != trainer.config.objective:
         raise ValueError(f"'{out}' was trained with objective {state['config']['objective']}, not "
                          f"{trainer.config.objective}; use another output folder")
@@ -62,7 +62,7 @@ def load(trainer: Trainer, out: str | Path) -> None:
         trainer.flow_optimizer.load_state_dict(state["flow_optimizer"])
     own = out / f"rank{trainer.rank}.pt"
     if own.is_file():  # a rank added since the last save starts with an empty buffer
-        mine = torch.load(own, map_location="cpu", weights_only=False)
+        mine = torch.load(own, map_location="cpu", weights_only=True)  # plain tensors, numbers, lists and dicts only
         trainer.buffer.load_state_dict(mine["buffer"])
         trainer.rng.setstate(mine["rng"])
         trainer.sample_generator.set_state(mine["sample_generator"])

@@ -19,7 +19,6 @@ from lab.world import ATTRIBUTES, Scene, extract
 def load_compact(path: Path, device: str):
     from safetensors.torch import load_file
 
-    from lab.autoencoder import build_taesd
     from lab.text_encoder import LabTextEncoder
     from lab.unet import build_unet
 
@@ -28,9 +27,19 @@ def load_compact(path: Path, device: str):
     text.load_state_dict({k[5:]: v.float() for k, v in sd.items() if k.startswith("text.")})
     unet = build_unet()
     unet.load_state_dict({k[5:]: v.float() for k, v in sd.items() if k.startswith("unet.")})
+    return unet.to(device).eval(), text.to(device).eval(), load_autoencoder(path, device, sd)
+
+
+def load_autoencoder(path: Path, device: str, state: dict | None = None):
+    """The TAESD of a compact file (a full one or one written with `lab.train --autoencoder-only`)."""
+    from safetensors.torch import load_file
+
+    from lab.autoencoder import build_taesd
+
+    state = state if state is not None else load_file(str(path))
     vae = build_taesd()
-    vae.load_state_dict({k[4:]: v.float() for k, v in sd.items() if k.startswith("vae.")})
-    return unet.to(device).eval(), text.to(device).eval(), vae.to(device).eval()
+    vae.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("vae.")})
+    return vae.to(device).eval()
 
 
 @torch.no_grad()

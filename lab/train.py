@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lab.unet import WIDTH
 from lab.world import ATTRIBUTES, Scene, draw, sample_scenes
 
 NAMEABLE = ("size", "color", "position", "background")  # the shape is always named
@@ -65,12 +66,17 @@ def world_token_ids(tokenizer: Tokenizer) -> list[int]:
     return sorted({int(i) for row in tokenizer(texts) for i in row})
 
 
-def train_autoencoder(images: np.ndarray, steps: int, batch: int, device: str, seed: int, log) -> torch.nn.Module:
-    """TAESD on random 32 px crops (the architecture is convolutional; 4x cheaper than full images).
+def train_autoencoder(images: np.ndarray, steps: int, batch: int, device: str, seed: int, log,
+                      full_steps: int = 0) -> torch.nn.Module:
+    """TAESD on random 32 px crops (the architecture is convolutional; 4x cheaper than full images), then
+    `full_steps` on whole 64 px images at half the batch.
 
     Plain reconstruction loss alone learns brightness first and color very late (after 400 steps every
     shape still decoded in one hue), so two terms steer it: the error of 4x4-pooled colors, and an anchor
-    pulling latent channels 0-2 towards the 8x8-pooled RGB (channel 3 stays free for edges)."""
+    pulling latent channels 0-2 towards the 8x8-pooled RGB (channel 3 stays free for edges).
+    Crops alone left off-color pixels in the decoded image's corners (a crop's edge is not an image edge)
+    and blurrier outlines; the whole-image phase reduces both (shape read back from reconstructions: 0.68
+    -> 0.84, benchmarks/lab_training.md)."""
     import torch.nn.functional as F
 
     from lab.autoencoder import build_taesd, decode, encode
@@ -81,10 +87,14 @@ def train_autoencoder(images: np.ndarray, steps: int, batch: int, device: str, s
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     data = torch.from_numpy(images).permute(0, 3, 1, 2)
     gen = torch.Generator().manual_seed(seed)
-    for step in range(steps):
-        idx = torch.randint(len(data), (batch,), generator=gen)
-        y0, x0 = (int(v) for v in torch.randint(0, 33, (2,), generator=gen) // 8 * 8)
-        x = data[idx, :, y0:y0 + 32, x0:x0 + 32].to(device).float() / 255
+    total = steps + full_steps
+    for step in range(total):
+        if step < steps:
+            idx = torch.randint(len(data), (batch,), generator=gen)
+            y0, x0 = (int(v) for v in torch.randint(0, 33, (2,), generator=gen) // 8 * 8)
+            x = data[idx, :, y0:y0 + 32, x0:x0 + 32].to(device).float() / 255
+        else:
+            x = data[torch.randint(len(data), (max(1, batch // 2),), generator=gen)].to(device).float() / 255
         z = encode(vae, x)
         # noise on the latents: the decoder must tolerate a diffusion model's imperfect latents
         recon = decode(vae, z + 0.1 * z.detach().std() * torch.randn_like(z))
@@ -93,9 +103,9 @@ def train_autoencoder(images: np.ndarray, steps: int, batch: int, device: str, s
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+            g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / total))
         opt.step()
-        log("autoencoder", step, steps, loss.item())
+        log("autoencoder", step, total, loss.item())
     return vae.eval()
 
 
@@ -107,13 +117,35 @@ def encode_all(vae, images: np.ndarray, device: str) -> torch.Tensor:
     return torch.cat([encode(vae, data[i:i + 256].to(device).float() / 255).cpu() for i in range(0, len(data), 256)])
 
 
+def pyramid_noise(shape, gen: torch.Generator, discount: float) -> torch.Tensor:
+    """Gaussian noise plus coarser Gaussian noise (latent side / 2, / 4, ... down to 1 cell, nearest
+    upsampled, weighted discount, discount^2, ...), scaled back to unit variance.
+
+    SD1's schedule leaves a little signal at its last step (sqrt(alpha_bar) = 0.07), enough, on 8 x 8
+    latents, for the mean brightness and the left/right balance of the noise to show the background and
+    the shape's place. Trained on plain noise, the model learned to read those from the noise and ignored
+    'black background' and 'on the left'. Coarse noise makes them noise too, so the caption must decide.
+    Tried at discount 0.8 (benchmarks/lab_training.md): the background then followed the caption, but the
+    shapes came out worse and the position was still ignored, so the committed model uses plain noise."""
+    noise = torch.randn(shape, generator=gen)
+    variance, side, weight = 1.0, shape[-1] // 2, discount
+    while discount > 0 and side >= 1:
+        coarse = torch.randn(*shape[:-2], side, side, generator=gen)
+        noise = noise + weight * torch.nn.functional.interpolate(coarse, size=shape[-2:], mode="nearest")
+        variance += weight ** 2
+        side, weight = side // 2, weight * discount
+    return noise / math.sqrt(variance)
+
+
 def train_denoiser(latents: torch.Tensor, scenes: list[Scene], steps: int, batch: int, device: str, seed: int,
-                   log, drop_caption: float = 0.1, unet_lr: float = 1e-3, ema_decay: float = 0.995):
+                   log, drop_caption: float = 0.1, unet_lr: float = 1e-3, ema_decay: float = 0.995,
+                   pyramid: float = 0.0):
     """Narrow SD1 UNet + lab text encoder, epsilon prediction on SD1's schedule, caption dropout for CFG.
 
     A first run (2000 steps, lr 3e-4, SD's zero-initialized attention outputs, EMA 0.999) learned to draw
     but barely listened to the text (cond - uncond was 2% of the prediction, CFG changed nothing): the
-    attention outputs start random here, the learning rate is higher and the EMA shorter."""
+    attention outputs start random here, the learning rate is higher and the EMA shorter. `pyramid` > 0
+    trains on `pyramid_noise` instead of plain noise (tried; not what the committed weights use)."""
     from lab.text_encoder import LabTextEncoder
     from lab.unet import build_unet
 
@@ -135,7 +167,7 @@ def train_denoiser(latents: torch.Tensor, scenes: list[Scene], steps: int, batch
         captions = ["" if rng.random() < drop_caption else random_caption(scenes[i], rng) for i in idx.tolist()]
         x0 = latents[idx].to(device)
         t = torch.randint(0, 1000, (batch,), generator=gen).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
+        noise = pyramid_noise(x0.shape, gen, pyramid).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = text(tokenizer(captions).to(device))
@@ -170,6 +202,15 @@ def text_influence(unet, text, tokenizer, latents, scenes, alphas, count: int = 
     return ((e_c - e_u).abs().mean() / e_c.abs().mean()).item()
 
 
+def reconstruction_accuracy(recon: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
+    """Share of decoded images whose extracted attributes match the drawn scene: the ceiling for the denoiser."""
+    from lab.world import extract
+
+    pixels = (recon.permute(0, 2, 3, 1).numpy() * 255).round()
+    found = [extract(p) for p in pixels]
+    return {a: round(sum(f[a] == getattr(s, a) for f, s in zip(found, scenes)) / len(scenes), 3) for a in ATTRIBUTES}
+
+
 def _prefixed(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     return {prefix + k: v for k, v in module.state_dict().items() if v.is_floating_point()}
 
@@ -180,6 +221,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--images", type=int, default=6000)
     ap.add_argument("--ae-steps", type=int, default=1000)
+    ap.add_argument("--ae-full-steps", type=int, default=600, help="autoencoder steps on whole images after the crops")
     ap.add_argument("--ae-batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=64)
@@ -189,6 +231,11 @@ def main():
     ap.add_argument("--reuse-autoencoder", type=Path, default=None,
                     help="take the autoencoder from this compact file instead of training it (same seed and "
                          "settings give the same one; saves its training time)")
+    ap.add_argument("--pyramid-noise", type=float, default=0.0,
+                    help="weight discount of coarse noise levels, e.g. 0.8 (0: plain Gaussian noise; see "
+                         "benchmarks/lab_training.md for what 0.8 did)")
+    ap.add_argument("--autoencoder-only", action="store_true",
+                    help="train and write only the autoencoder (for --reuse-autoencoder in a later run)")
     args = ap.parse_args()
 
     from devtools.comfy_path import configure_comfy_args
@@ -202,26 +249,30 @@ def main():
 
     images, scenes = make_dataset(args.images, args.seed)
     if args.reuse_autoencoder:
-        from lab.preview import load_compact
+        from lab.preview import load_autoencoder
 
-        vae = load_compact(args.reuse_autoencoder, args.device)[2]
+        vae = load_autoencoder(args.reuse_autoencoder, args.device)
     else:
-        vae = train_autoencoder(images, args.ae_steps, args.ae_batch, args.device, args.seed, log)
+        vae = train_autoencoder(images, args.ae_steps, args.ae_batch, args.device, args.seed, log, args.ae_full_steps)
     latents = encode_all(vae, images, args.device)
     std = latents.std().item()
     vae.vae_scale.data.fill_(std * 0.18215)  # the UNet then sees latents / std (unit variance)
     with torch.no_grad():
         recon = vae.taesd_decoder(latents[:256].to(args.device)).clamp(0, 1).cpu()
     truth = torch.from_numpy(images[:256]).permute(0, 3, 1, 2).float() / 255
-    print(f"autoencoder: latent std {std:.3f}, reconstruction MSE {(recon - truth).square().mean():.5f}")
-    unet, text, ema = train_denoiser(latents / std, scenes, args.steps, args.batch, args.device, args.seed, log,
-                                     unet_lr=args.unet_lr, ema_decay=args.ema_decay)
-
-    weights = {k: v.detach().float().cpu().half().contiguous() for k, v in ema.items()}
-    weights["text.token_ids"] = text.token_ids.cpu().contiguous()
+    print(f"autoencoder: latent std {std:.3f}, reconstruction MSE {(recon - truth).square().mean():.5f}, "
+          f"extractor accuracy on reconstructions {reconstruction_accuracy(recon, scenes[:256])}")
+    weights = {}
+    if not args.autoencoder_only:
+        unet, text, ema = train_denoiser(latents / std, scenes, args.steps, args.batch, args.device, args.seed, log,
+                                         unet_lr=args.unet_lr, ema_decay=args.ema_decay, pyramid=args.pyramid_noise)
+        weights = {k: v.detach().float().cpu().half().contiguous() for k, v in ema.items()}
+        weights["text.token_ids"] = text.token_ids.cpu().contiguous()
     weights.update({"vae." + k: v.detach().float().cpu().half().contiguous() for k, v in vae.state_dict().items()})
     weights["vae.vae_scale"] = vae.vae_scale.detach().float().cpu()  # keep full precision
-    meta = dict(images=args.images, ae_steps=args.ae_steps, unet_lr=args.unet_lr, ema_decay=args.ema_decay,
+    meta = dict(images=args.images, ae_steps=args.ae_steps, ae_full_steps=args.ae_full_steps, width=WIDTH,
+                unet_lr=args.unet_lr, ema_decay=args.ema_decay, autoencoder_only=args.autoencoder_only,
+                pyramid_noise=args.pyramid_noise,
                 reuse_autoencoder=str(args.reuse_autoencoder or ""), ae_batch=args.ae_batch, steps=args.steps,
                 batch=args.batch, seed=args.seed, device=args.device, seconds=round(time.time() - start),
                 torch=torch.__version__)

@@ -86,6 +86,18 @@ def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
     return names[int(np.argmin(distances))]
 
 
+def _largest_blob(mask: np.ndarray) -> np.ndarray:
+    """The largest connected region of the mask: the world has one shape, so stray pixels elsewhere (a
+    decoder's corner artifacts, speckles) are not part of it and must not stretch its bounding box."""
+    from scipy import ndimage  # a ComfyUI requirement
+
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == 1 + int(np.argmax(sizes))
+
+
 def extract(image: Image.Image | np.ndarray) -> dict[str, str | None]:
     """Attributes read from an RGB image (any size; values in 0..255 or 0..1 floats). None where the
     image shows no shape (then only the background is read)."""
@@ -97,12 +109,17 @@ def extract(image: Image.Image | np.ndarray) -> dict[str, str | None]:
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     background_rgb = np.median(border, axis=0)
     background = _nearest(background_rgb, BACKGROUNDS)
-    mask = np.sqrt(((pixels - background_rgb) ** 2).sum(axis=-1)) > 80
+    distance = np.sqrt(((pixels - background_rgb) ** 2).sum(axis=-1))
+    mask = _largest_blob(distance > 80)
     area = mask.mean()
     if area < 0.004:
         return dict(shape=None, color=None, size=None, position=None, background=background)
+    shape_rgb = np.median(pixels[mask], axis=0)
+    color = _nearest(shape_rgb, COLORS)
+    # the outline at half contrast: a blurred edge (a decoder's) then keeps the drawn shape's extent and
+    # corners, where a fixed low threshold would take in the blur and round every shape
+    mask = _largest_blob(distance > 0.5 * np.sqrt(((shape_rgb - background_rgb) ** 2).sum()))
     ys, xs = np.nonzero(mask)
-    color = _nearest(np.median(pixels[mask], axis=0), COLORS)
     box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
     fill = mask.sum() / box  # square ~1, circle ~pi/4, triangle ~1/2
     shape = "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle"

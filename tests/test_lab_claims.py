@@ -2,10 +2,10 @@
 
 lab/measure.py at scale 'ci' (few prompts, few images, 12 steps), through the real executor, judged by the
 world's attribute extractor. The full run is a benchmark: benchmarks/lab_results.md. Only what holds in the
-full run is asserted here. On the current lab model the methods' claims do NOT hold (MinorityPrompt's rarer
-attributes, DATE's accuracy gain, IPGO's gains beyond its training seed): the model's text influence is
-small (benchmarks/lab_training.md), so text-side methods barely move its images. Those claims are printed,
-not asserted; DATE and IPGO are not re-run here (time), their full-run numbers are in the table.
+full run is asserted here. On the lab model the methods' claims do NOT hold, except IPGO's gain at the
+seed it trained on (MinorityPrompt leaves every extracted attribute as the baseline's, DATE changes one
+image in 32, IPGO does not carry over to unseen seeds or prompts): those are printed, not asserted;
+DATE and IPGO are not re-run here (time), their full-run numbers are in the table.
 Images are paired (same prompts and seeds for the baseline and the method).
 """
 import numpy as np
@@ -37,8 +37,8 @@ def minority(comfy, lab_checkpoint):
 def test_minority_prompt_keeps_the_prompted_attributes(minority):
     """Holds in the full run (benchmarks/lab_results.md): named accuracy within 0.1 of the baseline.
     The claim itself (rarer attributes, lower true log-probability, lower likelihood estimate) does NOT
-    hold on the current lab model, whose text influence is small (benchmarks/lab_training.md): the numbers
-    are printed here and recorded there, not asserted."""
+    hold on the lab model: the appended token moves its samples too little to change an extracted
+    attribute (benchmarks/lab_results.md). The numbers are printed here and recorded there, not asserted."""
     base, method = minority
     print(f"MinorityPrompt vs baseline (ci): log p {paired(log_probs(base), log_probs(method))}, rare share "
           f"{base.rare_share()[0]:.3f} -> {method.rare_share()[0]:.3f}, likelihood estimate "

@@ -62,8 +62,8 @@ def test_lab_model_follows_the_prompt_in_comfyui(comfy, lab_checkpoint):
     """The baseline the methods are measured against: plain KSampler, 64 px, euler, 20 steps, cfg 5. Each
     prompt is sampled twice from the same noise: with the prompt and with an empty prompt (the control: how
     often the model draws the named attributes anyway). The model must follow the prompt clearly more often
-    than the control, attribute by attribute. (It does not yet draw the prompted shape and color in most
-    images: see benchmarks/lab_training.md.)"""
+    than the control, and draw the prompted shape and color together in most images (issue 8's bar for the
+    demo model; benchmarks/lab_training.md has the numbers)."""
     graph = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": lab_checkpoint.name}},
              "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}}}
     for i, prompt in enumerate(LAB_PROMPTS):
@@ -91,7 +91,7 @@ def test_lab_model_follows_the_prompt_in_comfyui(comfy, lab_checkpoint):
     print("lab baseline, share of images with the named value (prompt vs empty prompt, same noise):",
           {k: (round(rate["cond"][k], 2), round(rate["ctrl"][k], 2)) for k in rate["cond"]})
     assert rate["cond"]["color"] >= rate["ctrl"]["color"] + 0.25, rate
-    assert rate["cond"]["shape+color"] >= 2 * rate["ctrl"]["shape+color"] and rate["cond"]["shape+color"] > 0.15, rate
+    assert rate["cond"]["shape+color"] > 0.5 and rate["cond"]["shape+color"] >= rate["ctrl"]["shape+color"] + 0.3, rate
     named = [np.mean(hits[arm][a]) for arm in ("cond", "ctrl") for a in ATTRIBUTES if hits[arm][a]]
     assert sum(named[:len(named) // 2]) > sum(named[len(named) // 2:]), rate
 

@@ -24,6 +24,16 @@ def test_extractor_reads_float_images_and_resized_images():
     assert extract(image.resize((2 * SIZE, 2 * SIZE))) == scene.__dict__
 
 
+def test_stray_pixels_away_from_the_shape_are_ignored():
+    """A decoder can leave single off-color pixels in the corners; they must not change the reading
+    (without the largest-blob rule the bounding box spans the image and every shape reads 'triangle')."""
+    for scene in (Scene("square", "red", "large", "center", "white"), Scene("circle", "blue", "small", "left", "black")):
+        pixels = np.asarray(draw(scene)).copy()
+        for y, x in ((0, 0), (0, SIZE - 1), (SIZE - 1, 0), (SIZE - 1, SIZE - 1)):
+            pixels[y, x] = (128, 128, 128)
+        assert extract(pixels) == scene.__dict__, scene
+
+
 def test_an_empty_image_has_no_shape():
     from PIL import Image
 

@@ -88,11 +88,10 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, la
 
 
 def check_plain_samples_are_recognizable(server, graph: dict, entry: dict):
-    """Images a plain KSampler drew from a CLIP Text Encode prompt show the prompted color (read by the lab's
-    attribute extractor) in at least half of the cases: the demo model draws pictures that follow the prompt.
-    The lab model follows color, size and background well but shape only a little above chance
-    (benchmarks/lab_training.md), so shape is reported, not asserted, here."""
-    colors, shapes, total = 0, 0, 0
+    """Images a plain KSampler drew from a CLIP Text Encode prompt show the prompted shape and color (read by
+    the lab's attribute extractor) in at least half of the cases: the demo model draws pictures that follow
+    the prompt (issue 8's bar; the wider measurement is tests/test_lab_models.py)."""
+    both, total = 0, 0
     for nid, node in graph.items():
         positive = node["inputs"].get("positive") if node["class_type"] == "KSampler" else None
         if not positive or graph[positive[0]]["class_type"] != "CLIPTextEncode":
@@ -109,10 +108,9 @@ def check_plain_samples_are_recognizable(server, graph: dict, entry: dict):
                     with Image.open(io.BytesIO(server.view(image))) as im:
                         found = extract(im.convert("RGB"))
                     total += 1
-                    colors += found["color"] == wanted["color"]
-                    shapes += found["shape"] == wanted["shape"]
-    print(f"plain samples: prompted color in {colors}/{total}, prompted shape in {shapes}/{total}")
-    assert colors >= total / 2, f"prompted color in only {colors} of {total} plain samples"
+                    both += found["color"] == wanted["color"] and found["shape"] == wanted["shape"]
+    print(f"plain samples: prompted shape and color in {both}/{total}")
+    assert both >= total / 2, f"prompted shape and color in only {both} of {total} plain samples"
 
 
 def check_rewriter(events, graph: dict, entry: dict, node_id: str):

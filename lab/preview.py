@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lab.world import ATTRIBUTES, Scene, extract
+from lab.world import ATTRIBUTES, Scene, attribute_accuracy
 
 
 def load_compact(path: Path, device: str):
@@ -81,12 +81,7 @@ def main():
     prompts = [s.caption() for s in scenes]
     images = ddim(unet, text, vae, prompts, seed=0, device=args.device).cpu()
     pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    hits = {a: 0 for a in ATTRIBUTES}
-    for s, p in zip(scenes, pixels):
-        found = extract(p)
-        for a in ATTRIBUTES:
-            hits[a] += found[a] == getattr(s, a)
-    print("extractor accuracy on full captions:", {a: round(h / len(scenes), 3) for a, h in hits.items()})
+    print("extractor accuracy on full captions:", attribute_accuracy(pixels, scenes))
     if args.grid:
         side = int(np.ceil(np.sqrt(len(pixels))))
         grid = Image.new("RGB", (side * 64, side * 64))

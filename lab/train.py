@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lab.unet import WIDTH
-from lab.world import ATTRIBUTES, Scene, draw, sample_scenes
+from lab.world import ATTRIBUTES, Scene, attribute_accuracy, draw, sample_scenes
 
 NAMEABLE = ("size", "color", "position", "background")  # the shape is always named
 
@@ -202,15 +202,6 @@ def text_influence(unet, text, tokenizer, latents, scenes, alphas, count: int = 
     return ((e_c - e_u).abs().mean() / e_c.abs().mean()).item()
 
 
-def reconstruction_accuracy(recon: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
-    """Share of decoded images whose extracted attributes match the drawn scene: the ceiling for the denoiser."""
-    from lab.world import extract
-
-    pixels = (recon.permute(0, 2, 3, 1).numpy() * 255).round()
-    found = [extract(p) for p in pixels]
-    return {a: round(sum(f[a] == getattr(s, a) for f, s in zip(found, scenes)) / len(scenes), 3) for a in ATTRIBUTES}
-
-
 def _prefixed(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     return {prefix + k: v for k, v in module.state_dict().items() if v.is_floating_point()}
 
@@ -261,7 +252,8 @@ def main():
         recon = vae.taesd_decoder(latents[:256].to(args.device)).clamp(0, 1).cpu()
     truth = torch.from_numpy(images[:256]).permute(0, 3, 1, 2).float() / 255
     print(f"autoencoder: latent std {std:.3f}, reconstruction MSE {(recon - truth).square().mean():.5f}, "
-          f"extractor accuracy on reconstructions {reconstruction_accuracy(recon, scenes[:256])}")
+          f"extractor accuracy on reconstructions (the denoiser's ceiling) "
+          f"{attribute_accuracy((recon.permute(0, 2, 3, 1).numpy() * 255).round(), scenes[:256])}")
     weights = {}
     if not args.autoencoder_only:
         unet, text, ema = train_denoiser(latents / std, scenes, args.steps, args.batch, args.device, args.seed, log,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lab.world import ATTRIBUTES, SIZE, Scene, draw, extract, sample_scenes
+from lab.world import ATTRIBUTES, SIZE, Scene, attribute_accuracy, draw, extract, sample_scenes
 
 
 def test_every_combination_is_drawn_and_read_back_exactly():
@@ -63,3 +63,11 @@ def test_captions_name_what_was_asked():
     assert scene.caption() == "a small red circle on the left, white background"
     assert scene.caption(("color",)) == "a red circle"
     assert Scene("square", "blue", "large", "center", "black").caption(("position",)) == "a square in the center"
+
+
+def test_attribute_accuracy_counts_matches_per_attribute():
+    scenes = [Scene("circle", "red", "large", "left", "white"), Scene("square", "blue", "small", "right", "black")]
+    images = [np.asarray(draw(s)) for s in scenes]
+    assert attribute_accuracy(images, scenes) == {a: 1.0 for a in ATTRIBUTES}
+    recolored = [Scene("circle", "green", "large", "left", "white"), scenes[1]]
+    assert attribute_accuracy(images, recolored) == {a: 0.5 if a == "color" else 1.0 for a in ATTRIBUTES}

@@ -11,6 +11,9 @@ Adam steps that *maximize* a reconstruction error, a proxy of -log p(x0 | prompt
 The paper writes squared norms, the authors' code plain ones (`norm`). The re-noise level is annealed,
 s = T - t, read through the model's own schedule (so any sampler and scheduler works), or fixed.
 Adam restarts at every optimized step; the token carries over as the next step's starting point.
+The paper's ablation `target="whole_embedding"` optimizes the prompt's whole encoder output C instead
+(`whole_embedding_start` / `whole_embedding_encoder`): the same objective, without the token's guard
+on the prompt's meaning.
 Nothing here knows ComfyUI: the denoiser is a core.Denoiser and `encode` maps tokens to conditioning.
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .denoiser import Denoiser
 NORMS = ("squared", "plain")
 BETWEEN_STEPS = ("original", "keep")
 INITS = ("word", "random_vocabulary", "gaussian", "gaussian_diagonal")
+TARGETS = ("appended_token", "whole_embedding")  # what is optimized: the paper's method, its ablation
 
 Tokens = Mapping[str, torch.Tensor]  # encoder key -> (count, width) input embeddings
 
@@ -51,6 +55,7 @@ class MinoritySettings:
     between_steps: str = "original"  # paper: non-optimized steps use the prompt; "keep" = the code
     diversity: float = 0.0  # per-image tokens only: reward pairwise distance of the x0 estimates
     checkpointing: bool = False  # recompute denoiser activations in backward (less memory, slower)
+    target: str = "appended_token"  # "whole_embedding": the paper's ablation (optimize all of C)
 
     def __post_init__(self):
         def bad(name, why):
@@ -72,6 +77,8 @@ class MinoritySettings:
             bad("norm", f"must be one of {NORMS}")
         if self.between_steps not in BETWEEN_STEPS:
             bad("between_steps", f"must be one of {BETWEEN_STEPS}")
+        if self.target not in TARGETS:
+            bad("target", f"must be one of {TARGETS}")
 
     def steps(self, n_steps: int) -> list[int]:
         """Optimized step indices of an n-step schedule (step 0 is the noisiest).
@@ -184,6 +191,32 @@ def optimize_step(denoiser: Denoiser, encode: Callable[[Tokens], TextConditionin
     if probe:
         result.after = probe_mean(result.tokens)
     return result
+
+
+# -- the whole-embedding ablation ------------------------------------------------------------------
+WHOLE_EMBEDDING_KEY = "cross_attn"
+
+
+def whole_embedding_start(original: TextConditioning, rows: int) -> Tokens:
+    """Starting point of the ablation: the prompt's own encoder output, one copy per row (1 = shared)."""
+    cross = original.cross_attn.detach().float()
+    if cross.shape[0] != rows:
+        cross = cross[:1].expand(rows, *cross.shape[1:])
+    return {WHOLE_EMBEDDING_KEY: cross.clone()}
+
+
+def whole_embedding_encoder(original: TextConditioning, batch: int) -> Callable[[Tokens], TextConditioning]:
+    """`encode` for optimize_step when C itself is optimized: the tensor is the conditioning (a pooled
+    output, SDXL's, stays the prompt's; only the cross-attention sequence is optimized)."""
+    def encode(tokens: Tokens) -> TextConditioning:
+        cross = tokens[WHOLE_EMBEDDING_KEY]
+        if cross.shape[0] != batch:
+            cross = cross.expand(batch, *cross.shape[1:])
+        pooled = original.pooled
+        if pooled is not None and pooled.shape[0] != batch:
+            pooled = pooled[:1].expand(batch, *pooled.shape[1:])
+        return TextConditioning(cross.to(original.cross_attn.dtype), pooled)
+    return encode
 
 
 # -- initialization --------------------------------------------------------------------------------

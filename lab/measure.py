@@ -9,7 +9,8 @@ by the world's attribute extractor (not by the reward any method optimized):
   attribute combination should fall and the share of rare values among the unnamed attributes rise,
   while the named attributes stay (accuracy within a margin of the baseline); the Denoising Likelihood
   node's estimate should fall too. Ablations: no annealing (fixed re-noise level), lambda = 0 (only the
-  stop-gradient term of the split).
+  stop-gradient term of the split), the whole encoder output optimized instead of the token (the paper:
+  the prompt's meaning suffers, so named accuracy should fall).
 - DATE (prompts name all five attributes, combinations drawn uniformly so rare ones are common):
   the extractor's caption-match accuracy should rise. Arms: updates at 10% of the steps, at every step.
 - IPGO (same kind of prompts): the lab reward and the extractor's accuracy should rise with the learned
@@ -174,7 +175,9 @@ def minority_experiment(comfy, ckpt: str, scale: Scale, ablations: bool = True) 
             run_arm(comfy, "MinorityPrompt", graphs(minority_guider(optimize_fraction=fraction)), likelihood=True)]
     if ablations:
         arms += [run_arm(comfy, "no annealing", graphs(minority_guider(optimize_fraction=fraction, anneal=False))),
-                 run_arm(comfy, "lambda 0", graphs(minority_guider(optimize_fraction=fraction, sg_lambda=0.0)))]
+                 run_arm(comfy, "lambda 0", graphs(minority_guider(optimize_fraction=fraction, sg_lambda=0.0))),
+                 run_arm(comfy, "whole embedding", graphs(minority_guider(optimize_fraction=fraction,
+                                                                          optimize="whole_embedding")))]
     return arms
 
 

@@ -5,7 +5,9 @@ takes K Adam steps of core.minority.optimize_step, re-encoding the prompt throug
 every iteration; the step itself is then taken with plain CFG and the optimized conditioning. The
 CLIP rides along as an additional model of a cloned ModelPatcher, so ComfyUI loads it with the
 diffusion model and can offload both afterwards; the user's model, CLIP and conditioning are not
-changed (weight copies for autograd exist only during an optimized step).
+changed (weight copies for autograd exist only during an optimized step). With target
+"whole_embedding" (the paper's ablation) the prompt's encoder output itself is optimized and the CLIP
+is not re-run.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import comfy.utils
 
 from ..core.autograd_weights import autograd_ready
 from ..core.conditioning import TextConditioning
-from ..core.minority import MinoritySettings, StepResult, optimize_step
+from ..core.minority import (MinoritySettings, StepResult, optimize_step, whole_embedding_encoder,
+                             whole_embedding_start)
 from ..core.text_encoder import LearnableTokens
 from .comfy_denoiser import ComfyDenoiser
 from .comfy_text_encoder import ComfyTextEncoder
@@ -75,8 +78,12 @@ class MinorityGuider(SteppedGuider):
         self._tokens = None
         self._kept_positive = None
 
+    @property
+    def whole_embedding(self) -> bool:
+        return self.settings.target == "whole_embedding"
+
     def end_run(self):
-        if self._tokens is not None:
+        if self._tokens is not None and not self.whole_embedding:  # the ablation has no token to save
             self.last_run.token = LearnedToken({k: v.cpu() for k, v in self._tokens.items()},
                                                self.spec.position, self.spec.text)
 
@@ -128,7 +135,7 @@ class MinorityGuider(SteppedGuider):
         with ExitStack() as stack:
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(autograd_ready(self.inner_model))
-            encoder = stack.enter_context(ComfyTextEncoder(self.spec.clip))
+            encoder = None if self.whole_embedding else stack.enter_context(ComfyTextEncoder(self.spec.clip))
             # sampler-side tensors were made under inference mode; autograd may need to save them
             x_ = x.clone()
             pooled = entry.get("pooled_output")
@@ -137,18 +144,26 @@ class MinorityGuider(SteppedGuider):
                 raise GuiderError(f"the positive conditioning has batch {original.cross_attn.shape[0]}, "
                                   f"the latent {batch}.")
             denoiser = ComfyDenoiser(self.inner_model, [dict(entry)], model_options)
-            if self._tokens is None:
-                self._tokens = self.spec.start_tokens(encoder, batch if self.per_image else 1)
+            rows = batch if self.per_image else 1
+            if self.whole_embedding:
+                encode = whole_embedding_encoder(original, batch)
+                if self._tokens is None:
+                    self._tokens = whole_embedding_start(original, rows)
+            else:
+                def encode(t):
+                    return self._encoder_batch(encoder, t, batch)
+                if self._tokens is None:
+                    self._tokens = self.spec.start_tokens(encoder, rows)
             device = x.device
             start = {k: v.to(device) for k, v in self._tokens.items()}
             result = optimize_step(
-                denoiser, lambda t: self._encoder_batch(encoder, t, batch), original, x_, sigma, start,
+                denoiser, encode, original, x_, sigma, start,
                 self.settings, self._noise(seed, step, x_), probe=self.probe,
                 before_iteration=lambda k: mm.throw_exception_if_processing_interrupted(),
                 after_iteration=self._iteration_hook(step))
             self._tokens = result.tokens
             with torch.no_grad():
-                current = self._encoder_batch(encoder, result.tokens, batch)
+                current = encode(result.tokens)
                 current = TextConditioning(current.cross_attn.detach().clone(),
                                            None if current.pooled is None else current.pooled.detach().clone())
         self.last_run.steps.append((step, sigma, result))

@@ -14,7 +14,7 @@ import safetensors.torch
 import torch
 from comfy_api.latest import io, ui
 
-from ..core.minority import BETWEEN_STEPS, INITS, NORMS, MinoritySettings, MinoritySettingsError
+from ..core.minority import BETWEEN_STEPS, INITS, NORMS, TARGETS, MinoritySettings, MinoritySettingsError
 from ..core.text_encoder import LearnableTokens
 from .comfy_text_encoder import ComfyTextEncoder
 from .date_nodes import PROMPT_TEXT_KEY
@@ -134,12 +134,16 @@ def _settings_inputs() -> list:
                          tooltip="Also measure the objective at the starting and at the final token of each "
                                  "optimized step, on the same K noise draws the iterations used, and show it in "
                                  "the report (2K extra evaluations per step, no backward)."),
+        io.Combo.Input("optimize", options=list(TARGETS), default="appended_token", optional=True,
+                       tooltip="appended_token: the method. whole_embedding: the paper's ablation, which "
+                               "optimizes the prompt's whole encoder output instead of one token (the paper "
+                               "measured it losing 0.7 CLIPScore: the prompt's meaning drifts); no token to save."),
     ]
 
 
 def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_fraction, every_n_steps, sg_lambda,
                  norm, anneal, fixed_level, between_steps, token_per_image, diversity, gradient_checkpointing,
-                 measure_gain) -> MinorityGuider:
+                 measure_gain, optimize="appended_token") -> MinorityGuider:
     family = model_family(model, node)
     spec = spec_of(positive)
     if spec is None:
@@ -155,9 +159,10 @@ def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_
         settings = MinoritySettings(iterations=iterations, lr=lr, sg_lambda=sg_lambda, norm=norm, anneal=anneal,
                                     fixed_level=fixed_level, fraction=optimize_fraction, every=every_n_steps,
                                     between_steps=between_steps, diversity=diversity,
-                                    checkpointing=gradient_checkpointing)
+                                    checkpointing=gradient_checkpointing, target=optimize)
     except MinoritySettingsError as e:
-        raise NodeInputError(node, str(e).split(" ")[0], str(e)) from None
+        name = str(e).split(" ")[0]
+        raise NodeInputError(node, "optimize" if name == "target" else name, str(e)) from None
     guider = MinorityGuider(model, cfg, settings, spec, per_image=token_per_image, probe=measure_gain)
     guider.set_conds(positive, negative)
     return guider
@@ -285,7 +290,8 @@ class SaveMinorityEmbedding(io.ComfyNode):
     @classmethod
     def execute(cls, token, name, image_index) -> io.NodeOutput:
         if token is None:
-            raise NodeInputError(SAVE_NODE, "token", "no token: the sampler ran no optimized step.")
+            raise NodeInputError(SAVE_NODE, "token", "no token: the sampler ran no optimized step, or it optimized "
+                                                     "the whole embedding (optimize = whole_embedding).")
         try:
             name = safe_embedding_name(name)
             tensors = token.embedding_file(image_index)

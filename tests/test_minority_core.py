@@ -19,6 +19,8 @@ from core.minority import (
     optimize_step,
     pairwise_diversity,
     split_objective,
+    whole_embedding_encoder,
+    whole_embedding_start,
 )
 from core.prediction import PredictionType, renoise, x0_from_output
 
@@ -109,7 +111,7 @@ class TestSettings:
         ("iterations", 0), ("iterations", 2.5), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")),
         ("sg_lambda", -1.0), ("sg_lambda", float("inf")), ("fraction", 1.5), ("fraction", -0.1),
         ("fixed_level", 1.01), ("every", 0), ("norm", "l1"), ("between_steps", "revert"),
-        ("diversity", -0.5),
+        ("diversity", -0.5), ("target", "prompt"),
     ])
     def test_out_of_range_settings_are_refused_with_the_name(self, field, value):
         with pytest.raises(MinoritySettingsError, match=field):
@@ -290,6 +292,26 @@ class TestOptimizeStep:
         assert all(not torch.equal(result.tokens[k], start[k]) for k in start)
         assert (result.after > result.before).all()
 
+
+    def test_whole_embedding_ablation_optimizes_every_token_state(self):
+        """The ablation's parameter is C itself: it starts at the prompt's C (one copy per image), every
+        token position moves, the objective rises on the same noise, and the pooled vector is kept."""
+        prompt, sigma = _prompt(batch=1), 10.0  # one prompt, as a conditioning node gives it
+        pooled = torch.randn(1, 3, generator=_gen(6))
+        original = TextConditioning(prompt, pooled)
+        start = whole_embedding_start(original, B)
+        assert start["cross_attn"].shape == (B, *prompt.shape[1:])
+        assert torch.equal(start["cross_attn"][1], prompt[0])
+        encode = whole_embedding_encoder(original, B)
+        assert encode(start).pooled.shape == (B, 3)
+        x = torch.randn(B, C, H, H, generator=_gen(3)) * sigma
+        result = optimize_step(GaussianDenoiser(WIDTH), encode, original, x, sigma, start,
+                               MinoritySettings(iterations=4, lr=0.05), _noise(), probe=True)
+        assert (result.after > result.before).all()
+        moved = (result.tokens["cross_attn"] - prompt).abs().amax(dim=-1)
+        assert (moved > 1e-3).all(), "every token position of every image moves"
+        shared = whole_embedding_encoder(original, B)(whole_embedding_start(original, 1))
+        assert shared.cross_attn.shape[0] == B and torch.equal(shared.cross_attn[0], shared.cross_attn[1])
 
 # --------------------------------------------------------------------------------------------------
 # initialization

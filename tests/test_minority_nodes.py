@@ -110,6 +110,27 @@ def test_sdxl_at_cfg_1_objective_rises_and_only_the_placeholder_changes(comfy, s
     assert (pooled - original_pooled).abs().amax() > 1e-4, "SDXL's pooled output follows the placeholder"
 
 
+def test_whole_embedding_ablation_moves_the_prompts_own_states_and_leaves_no_token(comfy, sd1_checkpoint):
+    """The paper's ablation: the objective rises as with the token, but every position of C moves (the
+    prompt's own token states too, which the appended token cannot touch), and there is no token to save."""
+    guider, latent = _run(comfy, minority_graph(sd1_checkpoint.name, optimize="whole_embedding"))
+    run = guider.last_run
+    assert [s[0] for s in run.steps] == [0, 2]
+    assert all(g > 0 for _, _, r in run.steps for g in r.predicted_gains)
+    assert (run.steps[0][2].after > run.steps[0][2].before).all()
+    clip = comfy.node_outputs("ckpt")[1][0]
+    original = comfy.node_outputs("pos")[0][0][0][0]
+    final = run.conditioning.cross_attn.cpu()
+    at = _placeholder_index(clip)
+    assert final.shape == (2, *original.shape[1:]), "one C per image, no placeholder position added"
+    moved = (final[:, 1:at] - original[:, 1:at]).abs().amax(dim=-1)
+    assert (moved > 1e-3).all(), "each of the prompt's own token states moves"
+    assert not torch.equal(final[0], final[1]), "one embedding per image"
+    assert run.token is None
+    _, token_latent = _run(comfy, minority_graph(sd1_checkpoint.name))
+    assert not torch.equal(latent, token_latent)
+
+
 @pytest.mark.parametrize("sampler, scheduler, steps, fraction, every, expected", [
     ("euler", "normal", 10, 0.1, 1, [0]),  # the paper's first 10%
     ("heun", "karras", 8, 0.5, 2, [0, 2]),  # two model calls per step, still one optimization per step

@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 from devtools.comfy_path import PACK_ROOT
-from devtools.prompt_rewriters import NAMES as REWRITER_NAMES
 from devtools.reward_models import NAMES as REWARD_NAMES
 from devtools.workflow_builder import UIWorkflow
 from lab.checkpoint import CHECKPOINT_NAME, REWARD_NAME
+from lab.rewriter import MAX_NEW, MIN_NEW, TEMPLATE
+from lab.rewriter import NAMES as LAB_REWRITERS
 
 # The embedded default model and reward (the lab's, trained on shapes: see lab/README.md); prompts are
 # captions of the lab world, which any SD1.x model also draws. Sizes are SD1.5's 512; the demo runs the
@@ -234,21 +235,21 @@ def ipgo_batch_wise() -> UIWorkflow:
     return wf
 
 
-REWRITER_PROMPT = "a cat"
+REWRITER_PROMPT = "a red circle"
 REWRITES = 4
 
 
 def gfn_rewriter_batch() -> UIWorkflow:
-    """One prompt -> 4 GFlowNet rewrites -> one generation each (same seed) -> one batch, scored against
-    the original prompt and saved best first."""
+    """One prompt -> 4 GFlowNet rewrites (the lab's policy, diverse beam search as the paper evaluates) -> one
+    generation each (same seed) -> one batch, scored against the original prompt and saved best first."""
     wf = UIWorkflow()
     ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
                    pos=(40, 300), size=(320, 100))
     rewriter = wf.node("PromptOptim_GFlowNetRewriter",
-                       [REWRITER_NAMES["policy"], REWRITER_PROMPT, REWRITES, "sampling", 0, "fixed", 1.0, 0.9, 4, 12,
-                        1.0, "{prompt} Rephrase:\n", "auto"],
+                       [LAB_REWRITERS["gfn"], REWRITER_PROMPT, REWRITES, "diverse_beam_search", 0, "fixed", 1.0,
+                        1.0, MIN_NEW, MAX_NEW, 1.0, TEMPLATE, "auto"],
                        outputs=[("rewrites", "STRING"), ("text", "STRING")], pos=(40, 460), size=(360, 520),
-                       title="GFlowNet rewriter (paper: 15-75 new tokens)")
+                       title="GFlowNet rewriter (lab policy: 3-12 new tokens; paper: 15-75)")
     pos = wf.node("CLIPTextEncode", [""], inputs=[("text", "STRING", rewriter, 0), ("clip", "CLIP", ckpt, 1)],
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(440, 60), size=(400, 160),
                   title="One encoding per rewrite")

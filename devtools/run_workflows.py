@@ -18,14 +18,11 @@ from pathlib import Path
 
 from devtools.base_dir import make_base_dir
 from devtools.comfy_path import CACHE, PACK_ROOT
-from devtools.prompt_rewriters import NAMES as REWRITER_NAMES
-from devtools.prompt_rewriters import prompt_rewriters_dir
 from devtools.reward_models import reward_models_dir
 from devtools.server import ComfyServer
 from devtools.workflow_format import ui_to_api
 
 
-REWRITER = REWRITER_NAMES["policy"]
 LAB_SIDE = 64  # the lab model's training resolution
 SIZED_NODES = ("EmptyLatentImage", "PromptOptim_IPGOOptimize")  # nodes with width / height inputs
 
@@ -53,7 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workflows", type=Path, default=PACK_ROOT / "workflows")
     args = ap.parse_args(argv)
 
-    from lab.checkpoint import lab_checkpoint_path, lab_reward_folder
+    from lab.checkpoint import lab_checkpoint_path, lab_reward_folder, lab_rewriter_folders
 
     ckpt = Path(args.ckpt).expanduser().resolve() if args.ckpt else lab_checkpoint_path()
     if not ckpt.is_file():
@@ -66,10 +63,9 @@ def main(argv=None) -> int:
     # scores mean nothing: they only show the wiring of a held-out second reward)
     rewards = [lab_reward_folder()] + sorted(p for p in reward_models_dir().iterdir() if not p.name.startswith("."))
     shutil.rmtree(base / "models" / "rewards", ignore_errors=True)
-    # a tiny random rewriter policy: shows the GFlowNet rewriter's wiring (its rewrites are word salad; no
-    # trained policy is published, train one with `python -m core.gfn_rewriter.train`)
+    # the lab's rewriter policies (lab/rewriter.py): they rewrite captions of the lab world, for any SD1.x model
     shutil.rmtree(base / "models" / "prompt_rewriters", ignore_errors=True)
-    make_base_dir(base, checkpoints=[ckpt], rewards=rewards, prompt_rewriters=[prompt_rewriters_dir() / REWRITER])
+    make_base_dir(base, checkpoints=[ckpt], rewards=rewards, prompt_rewriters=lab_rewriter_folders())
     args.output.mkdir(parents=True, exist_ok=True)
     print(f"model: {ckpt}" + (f" at {side} px" if side else ""))
     failures = 0

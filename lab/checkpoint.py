@@ -22,6 +22,7 @@ from devtools.comfy_path import CACHE, comfyui_root, configure_comfy_args
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 LDM_FILE = WEIGHTS / "lab_ldm_v1.safetensors"
 REWARD_FILE = WEIGHTS / "lab_clip_v1.safetensors"
+REWRITERS_DIR = WEIGHTS / "rewriters"  # Hugging Face folders, used as they are (lab/rewriter.py)
 DEFAULT_DIR = CACHE / "lab"
 
 
@@ -76,6 +77,18 @@ def lab_reward_folder(out_dir: Path | None = None) -> Path:
         write_folder(load_file(str(REWARD_FILE)), tmp, comfyui_root() / "comfy" / "sd1_tokenizer")
         tmp.replace(folder)
     return folder
+
+
+def lab_rewriter_folders() -> list[Path]:
+    """The lab's rewriter policies (reference, GFlowNet, reward maximization), for models/prompt_rewriters."""
+    from lab.rewriter import NAMES
+
+    folders = [REWRITERS_DIR / name for name in NAMES.values()]
+    missing = [str(f) for f in folders if not (f / "config.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"lab rewriter policies not found: {missing} (train them with "
+                                f"`python -m lab.rewriter --out {REWRITERS_DIR}`, see lab/README.md)")
+    return folders
 
 
 def main():

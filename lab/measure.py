@@ -1,6 +1,6 @@
 """Measure each method's claim in the lab world, through ComfyUI's executor, on the lab model and reward.
 
-    python -m lab.measure [--scale full|ci] [--only MinorityPrompt DATE IPGO] [--out benchmarks/lab_results.md]
+    python -m lab.measure [--scale full|ci] [--only MinorityPrompt DATE IPGO 'GFlowNet rewriter'] [--out benchmarks/lab_results.md]
                           [--grid benchmarks/lab_grid.png]
 
 Same prompts, seeds, sampler and schedule for the baseline and every method arm; the images are judged
@@ -16,6 +16,10 @@ by the world's attribute extractor (not by the reward any method optimized):
 - IPGO (same kind of prompts): the lab reward and the extractor's accuracy should rise with the learned
   tokens vs the raw prompt: prompt-wise at the training seed and at an unseen seed, batch-wise on
   prompts not seen in training. 15 epochs, learning rate 0.01 (the paper: 50 epochs at 1e-3 on SD1.5).
+- GFlowNet rewriter (prompts naming shape and color; policies trained by lab/rewriter.py): the FL-DB
+  policy's rewrites should reach a reward comparable to the reward-maximizing policy's while their texts
+  and images are more diverse. Every rewrite of a prompt is drawn with the same seed, so the images
+  differ only by what the rewrites say; the reward is the lab reward against the ORIGINAL prompt.
 """
 from __future__ import annotations
 
@@ -39,9 +43,12 @@ class Scale:
     seeds: int
     batch: int
     steps: int
+    rewriter_prompts: int  # GFlowNet rewriter: prompts, and rewrites of each
+    rewrites: int
 
 
-SCALES = {"full": Scale(prompts=4, seeds=2, batch=4, steps=20), "ci": Scale(prompts=2, seeds=1, batch=4, steps=12)}
+SCALES = {"full": Scale(prompts=4, seeds=2, batch=4, steps=20, rewriter_prompts=12, rewrites=16),
+          "ci": Scale(prompts=2, seeds=1, batch=4, steps=12, rewriter_prompts=4, rewrites=8)}
 CFG = 5.0
 MINORITY_PROMPTS = ["a red circle", "a blue square", "a green circle", "a red square", "a blue circle",
                     "a green square"]
@@ -113,7 +120,8 @@ class Arm:
     found: list[dict] = field(default_factory=list)  # extracted attributes per image
     wanted: list[dict] = field(default_factory=list)  # named attributes per image
     likelihood: list[float] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)  # the optimized reward (IPGO)
+    rewards: list[float] = field(default_factory=list)  # the optimized reward (IPGO, rewriter)
+    groups: list[tuple[str, list[str], list[dict]]] = field(default_factory=list)  # rewriter: prompt, rewrites, found
     images: list[np.ndarray] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -281,6 +289,103 @@ def _collect(comfy, arms: dict[str, Arm], group: str, prompt: str, key: str):
             arm.images.append(image)
 
 
+def rewriter_graph(ckpt: str, reward_name: str, prompt: str, policy: str | None, count: int, seed: int,
+                   steps: int) -> dict:
+    """prompt -> GFlowNet Rewriter (a list) -> CLIP Text Encode -> KSampler, once per rewrite, every rewrite
+    with the same seed -> decode -> scored against the original prompt. policy None: the prompt itself."""
+    from lab.rewriter import MAX_NEW, MIN_NEW, TEMPLATE
+
+    graph = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+             "rw": reward_node(reward_name),
+             "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
+             "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}}
+    text = prompt
+    if policy is not None:
+        graph["rewriter"] = {"class_type": "PromptOptim_GFlowNetRewriter", "inputs": {
+            "policy": policy, "prompt": prompt, "count": count, "mode": "sampling", "seed": seed, "temperature": 1.0,
+            "top_p": 1.0, "min_new_tokens": MIN_NEW, "max_new_tokens": MAX_NEW, "diversity_penalty": 1.0,
+            "template": TEMPLATE, "dtype": "fp32"}}
+        text = ["rewriter", 0]
+    graph.update({
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": text}},
+        "ks": {"class_type": "KSampler", "inputs": {
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["lat", 0],
+            "seed": seed, "steps": steps, "cfg": CFG, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
+        "score": {"class_type": "PromptOptim_ScoreImages", "inputs": {
+            "images": ["dec", 0], "reward": ["rw", 0], "prompt": prompt, "prompt_per_line": False, "top_k": 0}},
+        "out": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}}})
+    return graph
+
+
+def rewriter_experiment(comfy, ckpt: str, reward_name: str, scale: Scale) -> list[Arm]:
+    import json
+
+    from lab.checkpoint import REWRITERS_DIR
+    from lab.rewriter import NAMES, PROMPTS
+
+    prompts = PROMPTS[:scale.rewriter_prompts]
+    objective = json.loads((REWRITERS_DIR / "training.json").read_text())["settings"]["gfn_objective"]
+    arms = []
+    for label, policy in (("prompt as written", None), ("reference policy p_ref", NAMES["reference"]),
+                          (f"GFlowNet ({objective})", NAMES["gfn"]), ("reward maximization", NAMES["reward_max"])):
+        arm, start = Arm(label), time.time()
+        for i, prompt in enumerate(prompts):
+            comfy.run(rewriter_graph(ckpt, reward_name, prompt, policy, scale.rewrites, 5000 + i, scale.steps))
+            images = [(t[0].numpy() * 255).round().astype(np.uint8) for t in comfy.node_outputs("dec")[0]]
+            rewrites = list(comfy.node_outputs("rewriter")[0]) if policy else [prompt]
+            scores = [float(v) for v in comfy.node_outputs("score")[1]]
+            if not len(images) == len(rewrites) == len(scores):
+                raise RuntimeError(f"{len(rewrites)} rewrites gave {len(images)} images and {len(scores)} scores")
+            found = [extract(image) for image in images]
+            arm.found += found
+            arm.wanted += [named(prompt)] * len(found)
+            arm.images += images
+            arm.rewards += scores
+            arm.groups.append((prompt, rewrites, found))
+        arm.seconds = time.time() - start
+        arms.append(arm)
+    return arms
+
+
+def attribute_diversity(found: list[dict]) -> float:
+    """Mean share of the five attributes on which two images of the set differ, over pairs (0: all alike)."""
+    pairs = [(a, b) for i, a in enumerate(found) for b in found[i + 1:]]
+    return float(np.mean([np.mean([a[k] != b[k] for k in ATTRIBUTES]) for a, b in pairs])) if pairs else 0.0
+
+
+def rewriter_diversity(arm: Arm) -> dict[str, tuple[float, float]]:
+    """Per prompt, then mean ± se over prompts: distinct rewrites, text and image (attribute) diversity."""
+    from core.gfn_rewriter.metrics import text_diversity
+
+    return {"distinct": _mean_se([len(set(r)) / len(r) for _, r, _ in arm.groups]),
+            "text": _mean_se([text_diversity(r) for _, r, _ in arm.groups]),
+            "image": _mean_se([attribute_diversity(f) for _, _, f in arm.groups])}
+
+
+def rewriter_verdict(arms: list[Arm], reward_margin: float = 0.05) -> dict[str, bool]:
+    """GFlowNet vs reward maximization: comparable reward (at most `reward_margin` below), more diverse."""
+    gfn, rmax = next(a for a in arms if a.name.startswith("GFlowNet")), next(a for a in arms if a.name.startswith("reward"))
+    g, r = rewriter_diversity(gfn), rewriter_diversity(rmax)
+    return {f"reward comparable (GFlowNet at most {reward_margin} below)":
+                _mean_se(gfn.rewards)[0] >= _mean_se(rmax.rewards)[0] - reward_margin,
+            "rewrites more diverse": g["text"][0] > r["text"][0],
+            "images more diverse": g["image"][0] > r["image"][0]}
+
+
+def rewriter_table(arms: list[Arm]) -> list[str]:
+    lines = ["| arm | images | lab reward vs prompt ↑ | prompt's shape+color kept ↑ | distinct rewrites | "
+             "text diversity ↑ | image diversity ↑ | s |", "|---|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        d = rewriter_diversity(arm)
+        lines.append(f"| {arm.name} | {len(arm.found)} | {_fmt(_mean_se(arm.rewards))} | {_fmt(arm.all_named_right())} | "
+                     f"{_fmt(d['distinct'])} | {_fmt(d['text'])} | {_fmt(d['image'])} | {arm.seconds:.0f} |")
+    lines.append("")
+    lines.append("Claim (GFlowNet vs reward maximization): " + "; ".join(
+        f"{k}: {'holds' if v else 'does NOT hold'}" for k, v in rewriter_verdict(arms).items()))
+    return lines
+
+
 # -- report --------------------------------------------------------------------------------------------
 def _fmt(pair: tuple[float, float], digits: int = 3) -> str:
     mean, se = pair
@@ -359,16 +464,18 @@ def grid(arms_by_experiment: dict[str, list[Arm]], per_row: int = 8):
     return canvas, [label for label, _ in rows]
 
 
-TABLES = {"MinorityPrompt": minority_table, "DATE": date_table, "IPGO": ipgo_table}
+TABLES = {"MinorityPrompt": minority_table, "DATE": date_table, "IPGO": ipgo_table,
+          "GFlowNet rewriter": rewriter_table}
 
 
 def start_comfy():
     from devtools.base_dir import make_base_dir
     from devtools.inprocess import InProcessComfy
-    from lab.checkpoint import lab_checkpoint_path, lab_reward_folder
+    from lab.checkpoint import lab_checkpoint_path, lab_reward_folder, lab_rewriter_folders
 
     ckpt, reward = lab_checkpoint_path(), lab_reward_folder()
-    base = make_base_dir(Path(tempfile.mkdtemp(prefix="lab_measure_")), checkpoints=[ckpt], rewards=[reward])
+    base = make_base_dir(Path(tempfile.mkdtemp(prefix="lab_measure_")), checkpoints=[ckpt], rewards=[reward],
+                         prompt_rewriters=lab_rewriter_folders())
     return InProcessComfy(base), ckpt.name, reward.name
 
 
@@ -386,9 +493,11 @@ def main():
     for name in args.only:
         experiments[name] = (minority_experiment(comfy, ckpt, scale) if name == "MinorityPrompt" else
                              date_experiment(comfy, ckpt, reward, scale) if name == "DATE" else
-                             ipgo_experiment(comfy, ckpt, reward, scale))
+                             ipgo_experiment(comfy, ckpt, reward, scale) if name == "IPGO" else
+                             rewriter_experiment(comfy, ckpt, reward, scale))
     lines = [f"Scale `{args.scale}`: {scale.prompts} prompts x {scale.seeds} seeds x {scale.batch} images, "
-             f"euler / normal, {scale.steps} steps, cfg {CFG}, 64 px; ± = standard error; "
+             f"euler / normal, {scale.steps} steps, cfg {CFG}, 64 px (rewriter: {scale.rewriter_prompts} prompts x "
+             f"{scale.rewrites} rewrites, one image each); ± = standard error; "
              f"{time.time() - started:.0f} s in all."]
     for name, arms in experiments.items():
         lines += ["", f"### {name}", ""] + TABLES[name](arms)

@@ -43,15 +43,19 @@ def load_autoencoder(path: Path, device: str, state: dict | None = None):
 
 
 @torch.no_grad()
-def ddim(unet, text, vae, prompts: list[str], seed: int, steps: int = 20, cfg: float = 5.0, device="cpu"):
+def ddim(unet, text, vae, prompts: list[str], seed: int, steps: int = 20, cfg: float = 5.0, device="cpu",
+         same_noise: bool = False, tok=None):
+    """[0, 1] images (B, 3, 64, 64). same_noise: every prompt starts from the seed's one draw (an image
+    then does not depend on its batch neighbours), else one draw per prompt."""
     from lab.train import Tokenizer, sd1_alphas_cumprod
 
-    tok = Tokenizer()
+    tok = tok or Tokenizer()
     cond = text(tok(prompts).to(device))
     uncond = text(tok([""] * len(prompts)).to(device))
     alphas = sd1_alphas_cumprod().to(device)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(prompts), 4, 8, 8, generator=gen).to(device)
+    x = torch.randn(1 if same_noise else len(prompts), 4, 8, 8, generator=gen).to(device)
+    x = x.expand(len(prompts), -1, -1, -1)
     ts = torch.linspace(999, 0, steps).round().long().to(device)
     for i, t in enumerate(ts):
         a = alphas[t]

@@ -61,14 +61,26 @@ class LabTextEncoder(nn.Module):
         x = x + self.o(attended.transpose(1, 2).reshape(b, n, WIDTH))
         return self.final_norm(x)
 
-    def expand(self, prefix: str = "cond_stage_model.transformer.text_model.", seed: int = 0) -> dict[str, torch.Tensor]:
-        """The full SD1.x text-encoder weights (see the module docstring)."""
-        out: dict[str, torch.Tensor] = {}
+    def vocabulary_table(self, seed: int = 0) -> torch.Tensor:
+        """(VOCAB, WIDTH) rows: the trained ones, the rest drawn from `seed` at the trained rows' scale."""
         trained = self.token_embedding.detach().float()
         gen = torch.Generator().manual_seed(seed)
         table = torch.randn(VOCAB, WIDTH, generator=gen) * trained.std()
-        table[self.token_ids] = trained
-        out[prefix + "embeddings.token_embedding.weight"] = table
+        table[self.token_ids.cpu()] = trained.cpu()
+        return table
+
+    def with_full_vocabulary(self, seed: int = 0) -> "LabTextEncoder":
+        """This encoder over every SD1 token id, rows as the expanded checkpoint has them: it encodes any
+        text exactly as ComfyUI's CLIP Text Encode does with that checkpoint, words outside the world too."""
+        full = LabTextEncoder(list(range(VOCAB)), rank=self.q.down.shape[0])
+        state = {**self.state_dict(), "token_ids": full.token_ids, "token_embedding": self.vocabulary_table(seed)}
+        full.load_state_dict(state)
+        return full.to(self.token_embedding.device).eval()
+
+    def expand(self, prefix: str = "cond_stage_model.transformer.text_model.", seed: int = 0) -> dict[str, torch.Tensor]:
+        """The full SD1.x text-encoder weights (see the module docstring)."""
+        out: dict[str, torch.Tensor] = {}
+        out[prefix + "embeddings.token_embedding.weight"] = self.vocabulary_table(seed)
         out[prefix + "embeddings.position_embedding.weight"] = self.position_embedding.detach().float()
         for i in range(LAYERS):
             layer = f"{prefix}encoder.layers.{i}."

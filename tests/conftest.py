@@ -73,12 +73,20 @@ def lab_reward() -> Path:
 
 
 @pytest.fixture(scope="session")
+def lab_rewriters() -> list[Path]:
+    """The lab's rewriter policies (reference, GFlowNet, reward maximization), committed as HF folders."""
+    from lab.checkpoint import lab_rewriter_folders
+
+    return lab_rewriter_folders()
+
+
+@pytest.fixture(scope="session")
 def base_dir(tmp_path_factory, sd1_checkpoint, sdxl_checkpoint, ip2p_unet, reward_models, prompt_rewriters,
-             lab_checkpoint, lab_reward) -> Path:
+             lab_checkpoint, lab_reward, lab_rewriters) -> Path:
     return make_base_dir(tmp_path_factory.mktemp("comfy_base"),
                          checkpoints=[sd1_checkpoint, sdxl_checkpoint, lab_checkpoint],
                          diffusion_models=[ip2p_unet], rewards=reward_entries(reward_models) + [lab_reward],
-                         prompt_rewriters=reward_entries(prompt_rewriters))
+                         prompt_rewriters=reward_entries(prompt_rewriters) + lab_rewriters)
 
 
 @pytest.fixture(scope="session")
@@ -90,13 +98,14 @@ def comfy(base_dir):
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, sd1_checkpoint, reward_models, prompt_rewriters, lab_checkpoint, lab_reward):
+def comfy_server(tmp_path_factory, sd1_checkpoint, reward_models, prompt_rewriters, lab_checkpoint, lab_reward,
+                 lab_rewriters):
     """The real ComfyUI main.py, headless on a free loopback port, with only this pack enabled."""
     from devtools.server import ComfyServer
 
     base = make_base_dir(tmp_path_factory.mktemp("server_base"), checkpoints=[sd1_checkpoint, lab_checkpoint],
                          rewards=reward_entries(reward_models) + [lab_reward],
-                         prompt_rewriters=reward_entries(prompt_rewriters))
+                         prompt_rewriters=reward_entries(prompt_rewriters) + lab_rewriters)
     with ComfyServer(base) as server:
         yield server
 

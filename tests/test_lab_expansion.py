@@ -69,3 +69,9 @@ def test_expanded_text_encoder_is_comfyuis_sd1_clip():
     assert (mine - theirs).abs().max() < 1e-4, (mine - theirs).abs().max()
     with pytest.raises(ValueError, match="not in the lab vocabulary"):
         text(tokenizer(["a purple hexagon"]))
+    # the full-vocabulary copy (the rewriter's renderer) encodes any text as the expanded checkpoint does
+    full = text.with_full_vocabulary()
+    ids = tokenizer(["a purple hexagon Rephrase :", "a small red circle on the left, white background"])
+    with torch.no_grad():
+        mine, theirs = full(ids), clip.transformer(ids, intermediate_output=None)[0]
+    assert (mine - theirs).abs().max() < 1e-4, (mine - theirs).abs().max()

@@ -58,3 +58,13 @@ print("MAPPINGS", module.NODE_CLASS_MAPPINGS, hasattr(module, "comfy_entrypoint"
     assert "MAPPINGS {} False" in run.stdout
     lines = [l for l in run.stderr.splitlines() if "prompt-optim" in l]
     assert len(lines) == 1 and "update ComfyUI" in lines[0], run.stderr
+
+
+def test_lab_weights_are_compact_and_stay_out_of_the_registry_archive():
+    """Issue 8: the committed lab weights (model, reward, rewriters) fit in 40 MB together, and the
+    registry archive leaves lab/ out (.comfyignore), so users never download them."""
+    weights = ROOT / "lab" / "weights"
+    total = sum(p.stat().st_size for p in weights.rglob("*") if p.is_file())
+    assert 1_000_000 < total <= 40 * 2**20, total
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".comfyignore").read_text().splitlines()}
+    assert "lab" in ignored

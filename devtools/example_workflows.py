@@ -128,7 +128,7 @@ def minority_side_by_side() -> UIWorkflow:
     sampling = [42, "fixed", 12, 7.5, "euler", "normal"]
     plain = wf.node("KSampler", [*sampling, 1.0], inputs=[("model", "MODEL", ckpt, 0), *conds],
                     outputs=[("LATENT", "LATENT")], pos=(840, 40), size=(320, 270), title="Plain sampling")
-    paper = [10, 0.01, 0.1, 1, 1.0, "squared", True, 0.75, "original", True, 0.0, False, False]
+    paper = [10, 0.01, 0.1, 1, 1.0, "squared", True, 0.75, "original", True, 0.0, False, False, "appended_token"]
     minority = wf.node("PromptOptim_MinoritySampler", [*sampling, 1.0, *paper],
                        inputs=[("model", "MODEL", ckpt, 0), *conds],
                        outputs=[("LATENT", "LATENT"), ("token", "MINORITY_TOKEN"), ("report", "STRING")],

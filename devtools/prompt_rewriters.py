@@ -31,12 +31,13 @@ OTHER = "red blue green old small big quiet dark bright morning night wooden sto
 WORDS = sorted(set(SUBJECTS + STYLE + OTHER + ["Rephrase", ":", ",", "."]))
 
 
-def build_tokenizer():
-    """A word-level tokenizer (whitespace and punctuation split), the end-of-text token doubling as pad."""
+def build_tokenizer(words: list[str] = WORDS):
+    """A word-level tokenizer over `words` (whitespace and punctuation split), the end-of-text token doubling
+    as pad. Offline; also the lab rewriters' tokenizer (lab/rewriter.py)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {EOS: 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    vocab = {EOS: 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces

@@ -33,7 +33,6 @@ import torch
 
 from lab.world import ATTRIBUTES, Scene
 
-EOS = "<|endoftext|>"
 TEMPLATE = "{prompt} Rephrase:\n"
 GLUE = ["a", "in", "the", "on", "background", ",", "Rephrase", ":"]
 WORDS = sorted({v for d in ATTRIBUTES.values() for v in d} | set(GLUE))
@@ -46,16 +45,10 @@ MIN_NEW, MAX_NEW = 3, 12
 
 
 def build_tokenizer():
-    """Word-level (whitespace and punctuation split); the end-of-text token doubles as pad. Offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """Word-level over the world's words (devtools.prompt_rewriters' builder); offline."""
+    from devtools.prompt_rewriters import build_tokenizer as word_level
 
-    vocab = {EOS: 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS,
-                                   unk_token="[UNK]")
+    return word_level(WORDS)
 
 
 def build_policy(vocab_size: int, seed: int):

@@ -57,13 +57,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from devtools.asset_cache import build_inputs, cached
 from devtools.comfy_path import CACHE, comfyui_root, configure_comfy_args
 
 BENCH_DIR = CACHE / "bench"
-BENCH_VERSION = 1
 PROMPT = "an astronaut riding a horse on the moon, highly detailed"
 RESULT_TAG = "DATE_COST_RESULT "
-CLIP_L_NAME = f"prompt_optim_bench_clip_vit_l14_v{BENCH_VERSION}"
+CLIP_L_NAME = "prompt_optim_bench_clip_vit_l14"
 
 CONFIGS = {
     "plain": dict(label="plain KSampler", every=None, scale="1.0"),
@@ -85,68 +85,63 @@ def _sd15_unet_config() -> dict:
 
 
 def sd15_checkpoint(seed: int = 0) -> Path:
-    """Full-size SD1.5 single-file checkpoint with random fp16 weights (cached)."""
-    path = BENCH_DIR / f"prompt_optim_bench_sd15_full_v{BENCH_VERSION}_s{seed}.safetensors"
-    if path.exists():
-        return path
-    configure_comfy_args()
-    import torch
-    from safetensors.torch import save_file
+    """Full-size SD1.5 single-file checkpoint with random fp16 weights (cached under its build key)."""
+    from devtools import checkpoints
 
-    import comfy.ops
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from devtools.checkpoints import _shapes, _tensor
+    def write(path: Path) -> None:
+        configure_comfy_args()
+        import torch
+        from safetensors.torch import save_file
 
-    meta = torch.device("meta")
-    shapes = {}
-    unet = UNetModel(**_sd15_unet_config(), device=meta, operations=comfy.ops.disable_weight_init)
-    shapes.update({"model.diffusion_model." + k: v.shape for k, v in unet.state_dict().items()})
-    ddconfig = {'double_z': True, 'z_channels': 4, 'resolution': 256, 'in_channels': 3, 'out_ch': 3, 'ch': 128,
-                'ch_mult': [1, 2, 4, 4], 'num_res_blocks': 2, 'attn_resolutions': [], 'dropout': 0.0}
-    with meta:  # ComfyUI's default SD1.x VAE (comfy/sd.py)
-        vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
-    shapes.update({"first_stage_model." + k: v.shape for k, v in vae.state_dict().items()})
-    # the full CLIP-L text encoder, exactly as the test checkpoint lays it out
-    shapes.update({k: s for k, s in _shapes("sd1").items() if k.startswith("cond_stage_model.")})
-    state = {k: _tensor(seed, k, s).half() for k, s in shapes.items()}
-    BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"generator": "prompt-optim benchmarks.date_cost"})
-    tmp.replace(path)
-    return path
+        import comfy.ops
+        from comfy.ldm.models.autoencoder import AutoencoderKL
+        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+        meta = torch.device("meta")
+        shapes = {}
+        unet = UNetModel(**_sd15_unet_config(), device=meta, operations=comfy.ops.disable_weight_init)
+        shapes.update({"model.diffusion_model." + k: v.shape for k, v in unet.state_dict().items()})
+        ddconfig = {'double_z': True, 'z_channels': 4, 'resolution': 256, 'in_channels': 3, 'out_ch': 3, 'ch': 128,
+                    'ch_mult': [1, 2, 4, 4], 'num_res_blocks': 2, 'attn_resolutions': [], 'dropout': 0.0}
+        with meta:  # ComfyUI's default SD1.x VAE (comfy/sd.py)
+            vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+        shapes.update({"first_stage_model." + k: v.shape for k, v in vae.state_dict().items()})
+        # the full CLIP-L text encoder, exactly as the test checkpoint lays it out
+        shapes.update({k: s for k, s in checkpoints._shapes("sd1").items() if k.startswith("cond_stage_model.")})
+        state = {k: checkpoints._tensor(seed, k, s).half() for k, s in shapes.items()}
+        save_file(state, str(path), metadata={"generator": "prompt-optim benchmarks.date_cost"})
+
+    sources = [__file__, checkpoints, *(comfyui_root() / f for f in checkpoints.COMFY_SOURCES),
+               comfyui_root() / "comfy/ldm/models/autoencoder.py"]
+    return cached(BENCH_DIR, f"prompt_optim_bench_sd15_full_s{seed}.safetensors", build_inputs(sources, seed=seed),
+                  write)
 
 
 def clip_l_folder() -> Path:
     """A Hugging Face CLIPModel folder: openai/clip-vit-large-patch14's config, random weights (cached)."""
-    folder = BENCH_DIR / CLIP_L_NAME
-    if (folder / ".complete").exists():
-        return folder
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.manual_seed(0)
-    config = CLIPConfig(text_config=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                         num_attention_heads=12, num_hidden_layers=12, max_position_embeddings=77,
-                                         projection_dim=768, hidden_act="quick_gelu"),
-                        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
-                                           num_hidden_layers=24, patch_size=14, image_size=224, projection_dim=768,
-                                           hidden_act="quick_gelu"),
-                        projection_dim=768)
-    with torch.inference_mode(False):
-        CLIPModel(config).eval().save_pretrained(str(tmp), safe_serialization=True)
-    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(str(tmp))
     bundled = comfyui_root() / "comfy" / "sd1_tokenizer"
-    CLIPTokenizer.from_pretrained(str(bundled), local_files_only=True).save_pretrained(str(tmp))
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(bundled / name, tmp / name)
-    (tmp / ".complete").write_text(str(BENCH_VERSION))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
-    return folder
+
+    def write(folder: Path) -> None:
+        import torch
+        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+        torch.manual_seed(0)
+        config = CLIPConfig(text_config=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                             num_attention_heads=12, num_hidden_layers=12, max_position_embeddings=77,
+                                             projection_dim=768, hidden_act="quick_gelu"),
+                            vision_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                                               num_hidden_layers=24, patch_size=14, image_size=224,
+                                               projection_dim=768, hidden_act="quick_gelu"),
+                            projection_dim=768)
+        CLIPModel(config).eval().save_pretrained(str(folder), safe_serialization=True)
+        CLIPImageProcessor(size={"shortest_edge": 224},
+                           crop_size={"height": 224, "width": 224}).save_pretrained(str(folder))
+        CLIPTokenizer.from_pretrained(str(bundled), local_files_only=True).save_pretrained(str(folder))
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(bundled / name, folder / name)
+
+    sources = [__file__, bundled / "vocab.json", bundled / "merges.txt"]
+    return cached(BENCH_DIR, CLIP_L_NAME, build_inputs(sources), write)
 
 
 def model_files(args) -> tuple[Path, Path, str]:

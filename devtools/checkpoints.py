@@ -4,7 +4,8 @@ The UNet is shrunk as far as ComfyUI's model detection allows (it still detects 
 text encoders have their fixed full-size configs (ComfyUI builds them from fixed configs, and a
 missing key would leave uninitialized memory); the VAE is a TAESD, which ComfyUI builds when it finds
 `taesd_encoder.` / `taesd_decoder.` keys. Every tensor is a pure function of (seed, key name, shape),
-so a file is reproducible bit for bit. Files are cached outside git:
+so a file is reproducible bit for bit. Files are cached outside git, under their build key
+(devtools/asset_cache.py):
 
     python -m devtools.checkpoints sd1 [--out DIR]    # prints the path
 """
@@ -17,10 +18,13 @@ from pathlib import Path
 
 import torch
 
-from devtools.comfy_path import CACHE, configure_comfy_args
+from devtools.asset_cache import build_inputs, cached
+from devtools.comfy_path import CACHE, comfyui_root, configure_comfy_args
 
-VERSION = 1  # bump when the layout or the init rule changes, so caches refresh
 DEFAULT_DIR = CACHE / "checkpoints"
+# ComfyUI's files that fix the shapes
+COMFY_SOURCES = ("comfyui_version.py", "comfy/ldm/modules/diffusionmodules/openaimodel.py", "comfy/taesd/taesd.py",
+                 "comfy/sd1_clip.py", "comfy/sd1_clip_config.json", "comfy/sdxl_clip.py", "comfy/clip_config_bigg.json")
 
 
 def _unet_config(family: str) -> dict:
@@ -99,37 +103,35 @@ def build_state_dict(family: str, seed: int = 0, dtype=torch.float16) -> dict[st
     return {k: _tensor(seed, k, s).to(dtype) for k, s in _shapes(family).items()}
 
 
+def _build_inputs(family: str, seed: int) -> dict:
+    return build_inputs([__file__, *(comfyui_root() / f for f in COMFY_SOURCES)], family=family, seed=seed)
+
+
 def unet_only_path(family: str, seed: int = 0, out_dir: Path | None = None) -> Path:
     """A diffusion-model-only file (models/diffusion_models layout, for UNETLoader)."""
-    from safetensors.torch import save_file
+    def write(path: Path) -> None:
+        from safetensors.torch import save_file
 
-    configure_comfy_args()
-    import comfy.ops
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+        configure_comfy_args()
+        import comfy.ops
+        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    out_dir = Path(out_dir or DEFAULT_DIR)
-    path = out_dir / f"prompt_optim_test_{family}_unet_v{VERSION}_s{seed}.safetensors"
-    if not path.exists():
         unet = UNetModel(**_unet_config(family), device=torch.device("meta"), operations=comfy.ops.disable_weight_init)
-        sd = {k: _tensor(seed, k, v.shape).half() for k, v in unet.state_dict().items()}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_file(sd, str(path.with_suffix(".tmp")))
-        path.with_suffix(".tmp").replace(path)
-    return path
+        save_file({k: _tensor(seed, k, v.shape).half() for k, v in unet.state_dict().items()}, str(path))
+
+    return cached(Path(out_dir or DEFAULT_DIR), f"prompt_optim_test_{family}_unet_s{seed}.safetensors",
+                  _build_inputs(family + "_unet", seed), write)
 
 
 def checkpoint_path(family: str, seed: int = 0, out_dir: Path | None = None) -> Path:
     """Path of the cached checkpoint, generating it on first use."""
-    from safetensors.torch import save_file
+    def write(path: Path) -> None:
+        from safetensors.torch import save_file
 
-    out_dir = Path(out_dir or DEFAULT_DIR)
-    path = out_dir / f"prompt_optim_test_{family}_v{VERSION}_s{seed}.safetensors"
-    if not path.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file(build_state_dict(family, seed), str(tmp), metadata={"generator": "prompt-optim devtools"})
-        tmp.replace(path)
-    return path
+        save_file(build_state_dict(family, seed), str(path), metadata={"generator": "prompt-optim devtools"})
+
+    return cached(Path(out_dir or DEFAULT_DIR), f"prompt_optim_test_{family}_s{seed}.safetensors",
+                  _build_inputs(family, seed), write)
 
 
 def main():

@@ -6,7 +6,7 @@
   bad/missing_tokenizer/           the same model without tokenizer files
   bad/not_causal_lm/               a GPT2Model (no language-model head)
 The tokenizer is a `tokenizers` WordLevel model over a fixed word list, wrapped as PreTrainedTokenizerFast:
-nothing is downloaded. Weights are seeded; folders are cached by VERSION.
+nothing is downloaded. Weights are seeded; the folder is cached under its build key (devtools/asset_cache.py).
 """
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
-from devtools.cached_folder import cached_folder
+from devtools.asset_cache import build_inputs, cached
 from devtools.comfy_path import CACHE
 
-VERSION = 1
-DEFAULT_DIR = CACHE / f"prompt_rewriters_v{VERSION}"
+DEFAULT_DIR = CACHE / "prompt_rewriters"
 EOS = "<|endoftext|>"
 NAMES = {"policy": "prompt_optim_test_gpt2"}
 BAD = {"missing_tokenizer": "bad/missing_tokenizer", "not_causal_lm": "bad/not_causal_lm"}
@@ -70,7 +69,7 @@ def prompt_rewriters_dir(out_dir: Path | None = None) -> Path:
         tiny_gpt2(len(WORDS) + 2, lm_head=False).save_pretrained(str(not_lm), safe_serialization=True)
         build_tokenizer().save_pretrained(str(not_lm))
 
-    return cached_folder(Path(out_dir or DEFAULT_DIR), VERSION, write)
+    return cached(Path(out_dir or DEFAULT_DIR), "prompt_rewriters", build_inputs([__file__]), write)
 
 
 def main():

@@ -7,7 +7,7 @@ Each entry is what a user would put in ComfyUI/models/rewards/, shrunk:
   prompt_optim_test_pickscore/     CLIPModel folder without tokenizer files, like yuvalkirstain/PickScore_v1
   prompt_optim_test_aesthetic.pth  LAION aesthetic head state dict (layers.0/2/4/6/7), on the CLIP above
   prompt_optim_test_image_reward/  ImageReward.pt + med_config.json + vocab.txt (official key names)
-Weights are seeded, so files are reproducible; they are cached by VERSION.
+Weights are seeded, so files are reproducible; the folder is cached under its build key (devtools/asset_cache.py).
 """
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 
-from devtools.cached_folder import cached_folder
+from devtools.asset_cache import build_inputs, cached
 from devtools.comfy_path import CACHE, PACK_ROOT, comfyui_root
 
-VERSION = 1
-DEFAULT_DIR = CACHE / f"rewards_v{VERSION}"
+DEFAULT_DIR = CACHE / "rewards"
 TINY_CLIP_SIZE = 64
 FIXTURE_VOCAB = PACK_ROOT / "tests" / "fixtures" / "image_reward" / "vocab.txt"
 
@@ -116,7 +115,11 @@ def reward_models_dir(out_dir: Path | None = None) -> Path:
         _write_aesthetic_head(folder / NAMES["laion_aesthetic"], in_features=64, seed=3)
         _write_image_reward_folder(folder / NAMES["image_reward"], seed=4)
 
-    return cached_folder(Path(out_dir or DEFAULT_DIR), VERSION, write)
+    from core.rewards import image_reward
+
+    tokenizer = comfyui_root() / "comfy" / "sd1_tokenizer"
+    sources = [__file__, image_reward, FIXTURE_VOCAB, tokenizer / "vocab.json", tokenizer / "merges.txt"]
+    return cached(Path(out_dir or DEFAULT_DIR), "rewards", build_inputs(sources), write)
 
 
 def main():

@@ -6,17 +6,17 @@
   the UNet widened exactly to 320 channels (lab/unet.py), the CLIP text model with its fixed parts
   generated (lab/text_encoder.py), the TAESD autoencoder (lab/autoencoder.py).
 - `<hash>/prompt_optim_lab_clip/`: the lab reward as a Hugging Face CLIPModel folder for models/rewards.
-<hash> is the compact files' content hash, so new weights never reuse a stale expansion, while the
-names the workflows refer to stay fixed.
+<key> is the build key (devtools/asset_cache.py) of the compact weights and the code that expands them, so
+new weights or a changed expansion never reuse a stale file, while the names the workflows refer to stay fixed.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import torch
 
+from devtools.asset_cache import build_inputs, cached
 from devtools.comfy_path import CACHE, comfyui_root, configure_comfy_args
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -30,11 +30,11 @@ CHECKPOINT_NAME = "prompt_optim_lab_sd1.safetensors"
 REWARD_NAME = "prompt_optim_lab_clip"
 
 
-def _content_hash(path: Path) -> str:
+def _lab_weights(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"lab weights not found: {path} (train them with `python -m lab.train` / "
                                 "`python -m lab.reward`, see lab/README.md)")
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return path
 
 
 def expand_ldm(compact: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -52,31 +52,31 @@ def expand_ldm(compact: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def lab_checkpoint_path(out_dir: Path | None = None) -> Path:
-    from safetensors.torch import load_file, save_file
+    import lab.text_encoder
+    import lab.unet
 
-    out_dir = Path(out_dir or DEFAULT_DIR)
-    path = out_dir / _content_hash(LDM_FILE) / CHECKPOINT_NAME
-    if not path.exists():
+    def write(path: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
         configure_comfy_args()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file(expand_ldm(load_file(str(LDM_FILE))), str(tmp), metadata={"generator": "prompt-optim lab"})
-        tmp.replace(path)
-    return path
+        save_file(expand_ldm(load_file(str(LDM_FILE))), str(path), metadata={"generator": "prompt-optim lab"})
+
+    inputs = build_inputs([_lab_weights(LDM_FILE), __file__, lab.unet, lab.text_encoder])
+    return cached(Path(out_dir or DEFAULT_DIR), CHECKPOINT_NAME, inputs, write)
 
 
 def lab_reward_folder(out_dir: Path | None = None) -> Path:
-    from safetensors.torch import load_file
+    import lab.reward
 
-    from lab.reward import write_folder
+    tokenizer = comfyui_root() / "comfy" / "sd1_tokenizer"
 
-    out_dir = Path(out_dir or DEFAULT_DIR)
-    folder = out_dir / _content_hash(REWARD_FILE) / REWARD_NAME
-    if not (folder / "config.json").exists():
-        tmp = folder.with_name(folder.name + ".tmp")
-        write_folder(load_file(str(REWARD_FILE)), tmp, comfyui_root() / "comfy" / "sd1_tokenizer")
-        tmp.replace(folder)
-    return folder
+    def write(folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        lab.reward.write_folder(load_file(str(REWARD_FILE)), folder, tokenizer)
+
+    inputs = build_inputs([_lab_weights(REWARD_FILE), __file__, lab.reward, *sorted(tokenizer.iterdir())])
+    return cached(Path(out_dir or DEFAULT_DIR), REWARD_NAME, inputs, write)
 
 
 def lab_rewriter_folders() -> list[Path]:

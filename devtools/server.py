@@ -1,8 +1,11 @@
 """Start the real ComfyUI main.py headless on a free loopback port and run graphs over HTTP."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -19,6 +22,21 @@ import torch
 
 from devtools.base_dir import PACK_NAME
 from devtools.comfy_path import comfyui_root
+
+
+def end_with_parent(parent: int):
+    """preexec_fn for a child that must not outlive the process starting it (a pytest run killed for memory,
+    a demo stopped with kill -9): Linux sends the child SIGKILL when its parent dies (PR_SET_PDEATHSIG).
+    Start such children from the main thread: the signal follows the thread that forked. Elsewhere than
+    Linux it does nothing, and stop() remains the only way the child ends. `parent`: the starter's pid."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (AttributeError, OSError):
+        return
+    PR_SET_PDEATHSIG = 1
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def free_port() -> int:
@@ -53,7 +71,7 @@ class ComfyServer:
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(self.command(), cwd=comfyui_root(), stdout=self._log,
-                                        stderr=subprocess.STDOUT, env=env)
+                                        stderr=subprocess.STDOUT, env=env, preexec_fn=functools.partial(end_with_parent, os.getpid()))
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:

@@ -20,14 +20,21 @@ def make_base_dir(base: Path, checkpoints: list[Path] = (), diffusion_models: li
     link = base / "custom_nodes" / PACK_NAME
     if not link.exists():
         link.symlink_to(PACK_ROOT, target_is_directory=True)
-    for folder, files in (("checkpoints", checkpoints), ("diffusion_models", diffusion_models), ("rewards", rewards),
-                          ("prompt_rewriters", prompt_rewriters)):
-        for f in files:
-            target = base / "models" / folder / Path(f).name
-            if not target.exists():
-                os.symlink(Path(f).resolve(), target)
+    link_models(base, checkpoints=checkpoints, diffusion_models=diffusion_models, rewards=rewards,
+                prompt_rewriters=prompt_rewriters)
     # Skip the first-visit templates dialog that would cover the graph in the browser.
     settings = base / "user" / "default" / "comfy.settings.json"
     if not settings.exists():
         settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     return base
+
+
+def link_models(base: Path, checkpoints: list[Path] = (), diffusion_models: list[Path] = (), rewards: list[Path] = (),
+                prompt_rewriters: list[Path] = ()) -> None:
+    """Link model files into BASE/models/<folder>/ under their own names."""
+    for folder, files in (("checkpoints", checkpoints), ("diffusion_models", diffusion_models), ("rewards", rewards),
+                          ("prompt_rewriters", prompt_rewriters)):
+        for f in files:
+            target = Path(base) / "models" / folder / Path(f).name
+            if not target.exists():
+                os.symlink(Path(f).resolve(), target)

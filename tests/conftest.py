@@ -14,8 +14,17 @@ sys.path.insert(0, str(ROOT))
 
 import pytest  # noqa: E402
 
-from devtools.base_dir import make_base_dir  # noqa: E402
+from devtools.base_dir import link_models, make_base_dir  # noqa: E402
 from devtools.checkpoints import checkpoint_path  # noqa: E402
+
+
+def pytest_configure(config):
+    # scripts/test_claims_everywhere.sh runs the claim tests at other thread counts, as other CPUs would
+    threads = os.environ.get("PROMPT_OPTIM_TORCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(scope="session")
@@ -24,16 +33,22 @@ def sd1_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
-def sdxl_checkpoint() -> Path:
-    return checkpoint_path("sdxl")  # ~2 GB, generated once into the cache
+def sdxl_checkpoint(base_dir) -> Path:
+    """~2 GB, generated once into the cache, and only for a session that runs an SDXL test; linked into the
+    in-process ComfyUI's checkpoints then (ComfyUI re-lists a folder whose modification time changed)."""
+    path = checkpoint_path("sdxl")
+    link_models(base_dir, checkpoints=[path])
+    return path
 
 
 @pytest.fixture(scope="session")
-def ip2p_unet() -> Path:
+def ip2p_unet(base_dir) -> Path:
     """A UNet-only file of a family the pack does not support (InstructPix2Pix)."""
     from devtools.checkpoints import unet_only_path
 
-    return unet_only_path("sd1_ip2p")
+    path = unet_only_path("sd1_ip2p")
+    link_models(base_dir, diffusion_models=[path])
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -81,11 +96,10 @@ def lab_rewriters() -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def base_dir(tmp_path_factory, sd1_checkpoint, sdxl_checkpoint, ip2p_unet, reward_models, prompt_rewriters,
-             lab_checkpoint, lab_reward, lab_rewriters) -> Path:
-    return make_base_dir(tmp_path_factory.mktemp("comfy_base"),
-                         checkpoints=[sd1_checkpoint, sdxl_checkpoint, lab_checkpoint],
-                         diffusion_models=[ip2p_unet], rewards=reward_entries(reward_models) + [lab_reward],
+def base_dir(tmp_path_factory, sd1_checkpoint, reward_models, prompt_rewriters, lab_checkpoint, lab_reward,
+             lab_rewriters) -> Path:
+    return make_base_dir(tmp_path_factory.mktemp("comfy_base"), checkpoints=[sd1_checkpoint, lab_checkpoint],
+                         rewards=reward_entries(reward_models) + [lab_reward],
                          prompt_rewriters=reward_entries(prompt_rewriters) + lab_rewriters)
 
 

@@ -469,6 +469,7 @@ class TestDateUpdateConcave:
             c = (ref if rule == "paper" else c) + rho * _unit(grad)
         torch.testing.assert_close(new.double(), c, rtol=1e-5, atol=1e-5)
 
+    @pytest.mark.claim
     @pytest.mark.parametrize("rule", ["paper", "cumulative"])
     def test_reward_improves_for_small_rho(self, rule):
         obj = concave_objective(self.target)

@@ -60,6 +60,7 @@ def _check_update_claims(guider, rho):
     assert not torch.equal(run.final[0], run.final[1]), "each image must follow its own reward"
 
 
+@pytest.mark.claim
 def test_update_raises_the_reward_and_keeps_distance_rho_sd1(comfy, sd1_checkpoint):
     guider, _ = _run(comfy, date_graph(sd1_checkpoint.name))
     _check_update_claims(guider, 0.5)

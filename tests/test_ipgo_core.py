@@ -204,6 +204,7 @@ def _target_reward(target):
 SMALL = dict(prefix_tokens=2, suffix_tokens=2, rank=6, lr=0.05, conformity_weight=0.0)
 
 
+@pytest.mark.claim
 def test_reward_rises_tokens_stay_orthonormal_and_in_range_throughout():
     settings = IpgoSettings(epochs=25, **SMALL)
     tokens = BoundaryTokens(W, settings, seed=0)

@@ -36,6 +36,7 @@ def optimize_graph(ckpt: str, prompts: str = PROMPT, *, epochs=6, steps=6, size=
 
 
 
+@pytest.mark.claim
 def test_sd1_reward_rises_tokens_stay_constrained_and_models_untouched(comfy, sd1_checkpoint):
     graph = optimize_graph(sd1_checkpoint.name, epochs=1)
     comfy.run(graph)  # loads the checkpoint; weights are compared around the real run

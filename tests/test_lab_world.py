@@ -48,6 +48,7 @@ def test_probabilities_are_distributions_and_log_prob_sums_to_one():
     assert total == pytest.approx(1.0)
 
 
+@pytest.mark.claim
 def test_sampled_frequencies_follow_the_distributions():
     scenes = sample_scenes(20000, seed=1)
     for attribute, dist in ATTRIBUTES.items():

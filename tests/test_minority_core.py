@@ -189,6 +189,7 @@ class TestPairwiseDiversity:
 # optimize_step
 # --------------------------------------------------------------------------------------------------
 class TestOptimizeStep:
+    @pytest.mark.claim
     def test_objective_rises_on_the_same_noise_for_every_sample(self):
         result = _step(MinoritySettings(iterations=8, lr=0.05), probe=True)
         assert result.before.shape == result.after.shape == (B,)
@@ -264,6 +265,7 @@ class TestOptimizeStep:
         torch.testing.assert_close(checkpointed.tokens["l"], plain.tokens["l"], rtol=1e-5, atol=1e-6)
         assert checkpointed.objectives == pytest.approx(plain.objectives, rel=1e-6)
 
+    @pytest.mark.claim
     def test_diversity_term_spreads_the_estimates_apart(self):
         prompt, sigma = _prompt(), 10.0
         x = torch.randn(B, C, H, H, generator=_gen(3)) * sigma
@@ -401,6 +403,7 @@ class TestLikelihood:
         got = denoising_loss(denoiser, x0, cond, levels=levels, seed=seed)
         torch.testing.assert_close(got, expected / levels, rtol=1e-4, atol=0)
 
+    @pytest.mark.claim
     def test_typical_samples_score_as_more_likely_than_far_ones(self):
         denoiser = GaussianDenoiser(WIDTH, text_gain=0.0)
         typical = torch.randn(4, C, H, H, generator=_gen(41)) * DATA_STD

@@ -84,6 +84,7 @@ def _claims(comfy, guider, expected_steps):
     assert not torch.equal(run.token.vectors["l"][0], run.token.vectors["l"][1]), "one token per image"
 
 
+@pytest.mark.claim
 def test_sd1_objective_rises_and_only_the_placeholder_changes(comfy, sd1_checkpoint):
     graph = minority_graph(sd1_checkpoint.name)
     guider, _ = _run(comfy, graph)
@@ -100,9 +101,9 @@ def test_sd1_objective_rises_and_only_the_placeholder_changes(comfy, sd1_checkpo
 
 def test_sdxl_at_cfg_1_objective_rises_and_only_the_placeholder_changes(comfy, sdxl_checkpoint):
     """SDXL (both encoders, pooled output, size conditioning) as distilled few-step models run it: cfg 1."""
-    guider, _ = _run(comfy, minority_graph(sdxl_checkpoint.name, cfg=1.0, steps=3, optimize_fraction=1.0,
+    guider, _ = _run(comfy, minority_graph(sdxl_checkpoint.name, cfg=1.0, steps=2, optimize_fraction=1.0,
                                            every_n_steps=1, iterations=2))
-    _claims(comfy, guider, [0, 1, 2])
+    _claims(comfy, guider, [0, 1])
     token = guider.last_run.token
     assert {k: v.shape[-1] for k, v in token.vectors.items()} == {"l": 768, "g": 1280}
     original_pooled = comfy.node_outputs("pos")[0][0][0][1]["pooled_output"]
@@ -197,7 +198,7 @@ def test_saved_embedding_reproduces_the_optimized_conditioning(comfy, pack, sd1_
                                                                family):
     ckpt = (sd1_checkpoint if family == "sd1" else sdxl_checkpoint).name
     name = f"mp_roundtrip_{family}"
-    graph = sampler_graph(ckpt, batch=2, iterations=2)
+    graph = sampler_graph(ckpt, batch=2, iterations=2, fraction=0.25)  # two optimized steps
     graph["emb"] = {"class_type": "PromptOptim_SaveMinorityEmbedding",
                     "inputs": {"token": ["mks", 1], "name": name, "image_index": 1}}
     comfy.run(graph)
@@ -243,6 +244,7 @@ def test_cancel_inside_the_inner_loop(comfy, sd1_checkpoint):
     assert 1 <= len(calls) <= 2, calls
 
 
+@pytest.mark.claim
 def test_likelihood_ranks_a_sample_noised_far_from_the_data_lower(comfy, pack, sd1_checkpoint):
     """The random UNet predicts about zero; read as v-prediction that is the exact denoiser of N(0, I) data
     (x0_hat = x / (sigma^2 + 1)), so the model's own samples are data and heavily noised ones are not."""

@@ -31,12 +31,12 @@ def _source_path(source) -> Path:
 
 def build_inputs(sources: Iterable, **settings) -> dict:
     """What a build depends on: sha256 of each source file (a path or a module), settings, versions, kernels."""
-    files = {}
+    files = []  # (name, sha256) in the given order: where the checkout lives does not change the key
     for source in sources:
         path = _source_path(source)
         if not path.is_file():
             raise FileNotFoundError(f"asset builder source not found: {path}")
-        files[path.name if path.name not in files else str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+        files.append([path.name, hashlib.sha256(path.read_bytes()).hexdigest()])
     versions = {}
     for name in LIBRARIES:
         try:

@@ -2,10 +2,10 @@
 
     python -m lab.checkpoint [--out DIR]    # prints the SD1.x checkpoint and the reward folder
 
-- `<hash>/prompt_optim_lab_sd1.safetensors`: ComfyUI's SD1.x single-file layout (CheckpointLoaderSimple):
+- `<key>/prompt_optim_lab_sd1.safetensors`: ComfyUI's SD1.x single-file layout (CheckpointLoaderSimple):
   the UNet widened exactly to 320 channels (lab/unet.py), the CLIP text model with its fixed parts
   generated (lab/text_encoder.py), the TAESD autoencoder (lab/autoencoder.py).
-- `<hash>/prompt_optim_lab_clip/`: the lab reward as a Hugging Face CLIPModel folder for models/rewards.
+- `<key>/prompt_optim_lab_clip/`: the lab reward as a Hugging Face CLIPModel folder for models/rewards.
 <key> is the build key (devtools/asset_cache.py) of the compact weights and the code that expands them, so
 new weights or a changed expansion never reuse a stale file, while the names the workflows refer to stay fixed.
 """

@@ -153,14 +153,15 @@ def optimize_step(denoiser: Denoiser, encode: Callable[[Tokens], TextConditionin
             lambda a, c, p: denoiser.predict_x0(a, level, TextConditioning(c, p)),
             latent, cond.cross_attn, cond.pooled, use_reentrant=False)
 
-    def evaluate(tokens, eps):
-        x0_t = predict(x, sigma, encode(tokens))
+    def evaluate(cond, eps):
+        x0_t = predict(x, sigma, cond)
         x0_s = predict(denoiser.renoise(x0_t, sigma_s, eps), sigma_s, original)
         return split_objective(x0_t, x0_s, settings), x0_t
 
     def probe_mean(tokens):
         with torch.no_grad():
-            return torch.stack([evaluate(tokens, noise(k))[0] for k in range(settings.iterations)]).mean(dim=0)
+            cond = encode(tokens)  # the same tokens for every draw: encode once
+            return torch.stack([evaluate(cond, noise(k))[0] for k in range(settings.iterations)]).mean(dim=0)
 
     params = {k: v.detach().float().clone().requires_grad_(True) for k, v in start.items()}
     result = StepResult(tokens={}, renoise_sigma=float(sigma_s))
@@ -171,7 +172,7 @@ def optimize_step(denoiser: Denoiser, encode: Callable[[Tokens], TextConditionin
         for k in range(settings.iterations):
             if before_iteration is not None:
                 before_iteration(k)
-            objective, x0_t = evaluate(params, noise(k))
+            objective, x0_t = evaluate(encode(params), noise(k))
             total = objective.sum()
             if settings.diversity > 0:
                 total = total + settings.diversity * pairwise_diversity(x0_t)

@@ -289,27 +289,41 @@ def _collect(comfy, arms: dict[str, Arm], group: str, prompt: str, key: str):
             arm.images.append(image)
 
 
+def same_noise_latent(graph: dict, count: int, width: int = 64, height: int = 64) -> list:
+    """A latent of `count` rows that all draw the seed's first noise (LatentBatch keeps each row's batch_index,
+    0 here, and the sampler draws noise per index): one batched run then gives each row the noise a batch-1
+    run with that seed would. Adds nodes lat, lat2..latN; returns the link to the last."""
+    graph["lat"] = {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}}
+    for k in range(2, count + 1):
+        graph[f"lat{k}"] = {"class_type": "LatentBatch",
+                            "inputs": {"samples1": ["lat" if k == 2 else f"lat{k - 1}", 0], "samples2": ["lat", 0]}}
+    return ["lat" if count == 1 else f"lat{count}", 0]
+
+
 def rewriter_graph(ckpt: str, reward_name: str, prompt: str, policy: str | None, count: int, seed: int,
                    steps: int) -> dict:
-    """prompt -> GFlowNet Rewriter (a list) -> CLIP Text Encode -> KSampler, once per rewrite, every rewrite
-    with the same seed -> decode -> scored against the original prompt. policy None: the prompt itself."""
+    """prompt -> GFlowNet Rewriter (text, one rewrite per line) -> CLIP Text Encode, One Image per Line ->
+    KSampler: all rewrites in one batch, every row drawing the same noise (the seed's, as a batch-1 run would)
+    -> decode -> scored against the original prompt. policy None: the prompt itself, one image."""
     from lab.rewriter import MAX_NEW, MIN_NEW, TEMPLATE
 
     graph = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
              "rw": reward_node(reward_name),
-             "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
-             "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}}
-    text = prompt
-    if policy is not None:
+             "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}}}
+    if policy is None:
+        graph["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": prompt}}
+        latent = same_noise_latent(graph, 1)
+    else:
         graph["rewriter"] = {"class_type": "PromptOptim_GFlowNetRewriter", "inputs": {
             "policy": policy, "prompt": prompt, "count": count, "mode": "sampling", "seed": seed, "temperature": 1.0,
             "top_p": 1.0, "min_new_tokens": MIN_NEW, "max_new_tokens": MAX_NEW, "diversity_penalty": 1.0,
             "template": TEMPLATE, "dtype": "fp32"}}
-        text = ["rewriter", 0]
+        graph["pos"] = {"class_type": "PromptOptim_TextEncodeBatch", "inputs": {"clip": ["ckpt", 1],
+                                                                               "text": ["rewriter", 1]}}
+        latent = same_noise_latent(graph, count)
     graph.update({
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": text}},
         "ks": {"class_type": "KSampler", "inputs": {
-            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["lat", 0],
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": latent,
             "seed": seed, "steps": steps, "cfg": CFG, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
         "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
         "score": {"class_type": "PromptOptim_ScoreImages", "inputs": {
@@ -332,8 +346,10 @@ def rewriter_experiment(comfy, ckpt: str, reward_name: str, scale: Scale) -> lis
         arm, start = Arm(label), time.time()
         for i, prompt in enumerate(prompts):
             comfy.run(rewriter_graph(ckpt, reward_name, prompt, policy, scale.rewrites, 5000 + i, scale.steps))
-            images = [(t[0].numpy() * 255).round().astype(np.uint8) for t in comfy.node_outputs("dec")[0]]
+            images = [(t.numpy() * 255).round().astype(np.uint8) for t in comfy.node_outputs("dec")[0][0]]
             rewrites = list(comfy.node_outputs("rewriter")[0]) if policy else [prompt]
+            if policy and comfy.node_outputs("pos")[1][0] != len(rewrites):
+                raise RuntimeError(f"{len(rewrites)} rewrites were encoded as {comfy.node_outputs('pos')[1][0]} rows")
             scores = [float(v) for v in comfy.node_outputs("score")[1]]
             if not len(images) == len(rewrites) == len(scores):
                 raise RuntimeError(f"{len(rewrites)} rewrites gave {len(images)} images and {len(scores)} scores")

@@ -11,12 +11,13 @@ from .ipgo_nodes import NODES as IPGO_NODES
 from .likelihood_node import NODES as LIKELIHOOD_NODES
 from .minority_nodes import NODES as MINORITY_NODES
 from .reward_nodes import NODES as REWARD_NODES
+from .text_batch_node import NODES as TEXT_BATCH_NODES
 
 reward_folder.REWARDS.register()
 rewriter_folder.REWRITERS.register()
 
 NODES: list[type[io.ComfyNode]] = [GradientCheck, *REWARD_NODES, *DATE_NODES, *MINORITY_NODES, *LIKELIHOOD_NODES,
-                                  *IPGO_NODES, *REWRITER_NODES]
+                                  *IPGO_NODES, *REWRITER_NODES, *TEXT_BATCH_NODES]
 
 
 class PromptOptimExtension(ComfyExtension):

@@ -99,7 +99,9 @@ class GFlowNetRewriter(io.ComfyNode):
             outputs=[
                 io.String.Output(display_name="rewrites", is_output_list=True,
                                  tooltip="One prompt per rewrite, as a list: each downstream node runs once per item."),
-                io.String.Output(display_name="text", tooltip="All rewrites, one per line."),
+                io.String.Output(display_name="text", tooltip="All rewrites, one per line (line breaks inside a rewrite "
+                                 "become spaces): e.g. into CLIP Text Encode, One Image per Line to sample them "
+                                 "in one batch."),
             ],
             is_output_node=True,  # shows the rewrites on the node even when nothing reads them
         )
@@ -136,7 +138,8 @@ class GFlowNetRewriter(io.ComfyNode):
         for p in prompts:
             mm.throw_exception_if_processing_interrupted()
             rewrites += rewrite(model, tokenizer, p, settings, between)
-        text = "\n".join(rewrites)
+        # one line per rewrite, so a line-per-prompt node downstream sees exactly `count` prompts per input line
+        text = "\n".join(" ".join(r.split()) for r in rewrites)
         return io.NodeOutput(rewrites, text, ui=ui.PreviewText(text))
 
 

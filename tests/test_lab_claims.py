@@ -1,13 +1,13 @@
-"""The fidelity lab's fast subset: each landed method against the baseline on the lab model inside ComfyUI.
+"""The fidelity lab's fast subset: the landed methods against the baseline on the lab model inside ComfyUI.
 
-lab/measure.py at scale 'ci' (few prompts, few images, 12 steps), through the real executor, judged by the
-world's attribute extractor. The full run is a benchmark: benchmarks/lab_results.md. Only what holds in the
-full run is asserted here. On the lab model the methods' claims do NOT hold, except IPGO's gain at the
-seed it trained on (MinorityPrompt leaves every extracted attribute as the baseline's, DATE changes one
-image in 32, IPGO does not carry over to unseen seeds or prompts): those are printed, not asserted;
-DATE and IPGO are not re-run here (time), their full-run numbers are in the table. The GFlowNet
-rewriter's claim holds in the full run and is asserted here on fewer prompts and rewrites.
-Images are paired (same prompts and seeds for the baseline and the method).
+lab/measure.py through the real executor, judged by the world's attribute extractor. The full run is a
+benchmark: benchmarks/lab_results.md; only what holds there is asserted here. On the lab model the
+methods' claims do NOT hold, except IPGO's gain at the seed it trained on and the GFlowNet rewriter's
+(MinorityPrompt leaves every extracted attribute as the baseline's, DATE changes one image in 32, IPGO
+does not carry over to unseen seeds or prompts). Here: the rewriter's claim at scale 'ci' (4 prompts x 8
+rewrites, 12 steps), asserted; MinorityPrompt's experiment on one image per arm, as plumbing only; DATE
+and IPGO are not re-run (time), their full-run numbers are in the table. Images are paired (same prompts
+and seeds for the baseline and the method).
 """
 import numpy as np
 import pytest
@@ -31,23 +31,20 @@ def log_probs(arm: measure.Arm) -> list[float]:
     return [Scene(**f).log_prob() if f["shape"] is not None else floor for f in arm.found]
 
 
-@pytest.fixture(scope="module")
-def minority(comfy, lab_checkpoint):
-    return measure.minority_experiment(comfy, lab_checkpoint.name, SCALE, ablations=False)
-
-
-def test_minority_prompt_keeps_the_prompted_attributes(minority):
-    """Holds in the full run (benchmarks/lab_results.md): named accuracy within 0.1 of the baseline.
-    The claim itself (rarer attributes, lower true log-probability, lower likelihood estimate) does NOT
-    hold on the lab model: the appended token moves its samples too little to change an extracted
-    attribute (benchmarks/lab_results.md). The numbers are printed here and recorded there, not asserted."""
-    base, method = minority
-    print(f"MinorityPrompt vs baseline (ci): log p {paired(log_probs(base), log_probs(method))}, rare share "
-          f"{base.rare_share()[0]:.3f} -> {method.rare_share()[0]:.3f}, likelihood estimate "
-          f"{paired(base.likelihood, method.likelihood)}")
-    assert len(method.found) == len(base.found) == SCALE.prompts * SCALE.seeds * SCALE.batch
-    assert method.named_accuracy()[0] >= base.named_accuracy()[0] - 0.1, (base.named_accuracy(), method.named_accuracy())
-    assert all(np.isfinite(base.likelihood)) and len(base.likelihood) == len(base.found)
+def test_minority_experiment_runs_on_the_lab_model(comfy, lab_checkpoint):
+    """The lab's MinorityPrompt experiment end to end on one image per arm: plumbing only (both arms sample,
+    the method's image differs from the baseline's, the likelihood estimate is finite). Its one property
+    that holds in the full run (named accuracy within 0.1 of the baseline) and the claim itself, which does
+    NOT hold on the lab model (the appended token moves its samples too little to change an extracted
+    attribute), are measured in the full run only (benchmarks/lab_results.md): at CI scale (8 images) the
+    check took a third of this file's time."""
+    scale = measure.Scale(prompts=1, seeds=1, batch=1, steps=SCALE.steps, rewriter_prompts=0, rewrites=0)
+    base, method = measure.minority_experiment(comfy, lab_checkpoint.name, scale, ablations=False)
+    print(f"MinorityPrompt vs baseline (one image): log p {log_probs(base)} -> {log_probs(method)}, likelihood "
+          f"estimate {base.likelihood} -> {method.likelihood}")
+    assert len(base.images) == len(method.images) == len(base.likelihood) == len(method.likelihood) == 1
+    assert np.isfinite(base.likelihood + method.likelihood).all()
+    assert not np.array_equal(base.images[0], method.images[0]), "the optimized token changed nothing"
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +53,8 @@ def rewriter(comfy, lab_checkpoint, lab_reward):
 
 
 def test_gflownet_rewriter_is_more_diverse_than_reward_maximization_at_comparable_reward(rewriter):
-    """The lab's rewriter policies (lab/rewriter.py) through the rewriter node, CLIP Text Encode and KSampler,
-    every rewrite of a prompt drawn from the same seed. Margins: the GFlowNet's reward at most 0.05 below
+    """The lab's rewriter policies (lab/rewriter.py) through the rewriter node, CLIP Text Encode, One Image per
+    Line and one KSampler run per prompt, every rewrite of a prompt drawn from the same noise. Margins: the GFlowNet's reward at most 0.05 below
     reward maximization's; its text diversity above by more than two standard errors of the per-prompt
     differences (prompts are paired). Image diversity is printed, not asserted: in the full run it is small
     for both (0.036 ± 0.013 vs 0.015 ± 0.006 of attribute pairs differ, 1.5 standard errors apart; the model

@@ -101,9 +101,10 @@ def test_sd1_objective_rises_and_only_the_placeholder_changes(comfy, sd1_checkpo
 
 def test_sdxl_at_cfg_1_objective_rises_and_only_the_placeholder_changes(comfy, sdxl_checkpoint):
     """SDXL (both encoders, pooled output, size conditioning) as distilled few-step models run it: cfg 1."""
-    guider, _ = _run(comfy, minority_graph(sdxl_checkpoint.name, cfg=1.0, steps=2, optimize_fraction=1.0,
+    # one optimized step of two (CLIP-G's backward costs most of this test's time)
+    guider, _ = _run(comfy, minority_graph(sdxl_checkpoint.name, cfg=1.0, steps=2, optimize_fraction=0.5,
                                            every_n_steps=1, iterations=2))
-    _claims(comfy, guider, [0, 1])
+    _claims(comfy, guider, [0])
     token = guider.last_run.token
     assert {k: v.shape[-1] for k, v in token.vectors.items()} == {"l": 768, "g": 1280}
     original_pooled = comfy.node_outputs("pos")[0][0][0][1]["pooled_output"]
@@ -155,13 +156,14 @@ def test_v_prediction_model_is_optimized_too(comfy, sd1_checkpoint):
 
 
 def test_same_seed_same_image_and_between_steps_setting(comfy, sd1_checkpoint):
-    graph = minority_graph(sd1_checkpoint.name, measure_gain=False)
+    quick = dict(batch=1, iterations=2, measure_gain=False)
+    graph = minority_graph(sd1_checkpoint.name, **quick)
     _, first = _run(comfy, graph)
     first = first.clone()
-    _run(comfy, minority_graph(sd1_checkpoint.name, seed=5, measure_gain=False))
+    _run(comfy, minority_graph(sd1_checkpoint.name, seed=5, **quick))
     _, again = _run(comfy, graph)
     assert torch.equal(first, again), "same seed and settings must give the same latent"
-    _, kept = _run(comfy, minority_graph(sd1_checkpoint.name, between_steps="keep", measure_gain=False))
+    _, kept = _run(comfy, minority_graph(sd1_checkpoint.name, between_steps="keep", **quick))
     assert not torch.equal(first, kept), "keeping the token between optimized steps changes the result"
 
 
@@ -198,7 +200,8 @@ def test_saved_embedding_reproduces_the_optimized_conditioning(comfy, pack, sd1_
                                                                family):
     ckpt = (sd1_checkpoint if family == "sd1" else sdxl_checkpoint).name
     name = f"mp_roundtrip_{family}"
-    graph = sampler_graph(ckpt, batch=2, iterations=2, fraction=0.25)  # two optimized steps
+    # SD1: two optimized steps (the token carried from one to the next); SDXL: one (CLIP-G's backward is slow)
+    graph = sampler_graph(ckpt, batch=2, iterations=2, fraction=0.25 if family == "sd1" else 0.125)
     graph["emb"] = {"class_type": "PromptOptim_SaveMinorityEmbedding",
                     "inputs": {"token": ["mks", 1], "name": name, "image_index": 1}}
     comfy.run(graph)

@@ -54,19 +54,27 @@ def build_key(inputs: dict) -> str:
 
 def cached(root: Path, name: str, inputs: dict, write: Callable[[Path], None]) -> Path:
     """root/<key>/name as write(path) makes it (a file or a folder). Built at a temporary sibling and renamed
-    when complete, so an interrupted build is redone, never half-used. Built outside inference mode
+    when complete, so an interrupted build is redone, never half-used, and concurrent builds do not collide. Built outside inference mode
     (ComfyUI's may be on)."""
     folder = Path(root) / build_key(inputs)
     out = folder / name
     if out.exists():
         return out
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (".tmp-" + name)
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    tmp.unlink(missing_ok=True)
+    tmp = folder / f".tmp-{os.getpid()}-{name}"  # per process: two test runs may build the same key at once
+    _remove(tmp)
     with torch.inference_mode(False):
         write(tmp)
     (folder / "build.json").write_text(json.dumps(inputs, indent=2, sort_keys=True))
-    tmp.replace(out)
+    if out.exists():  # another process finished the same build first: same inputs, same asset
+        _remove(tmp)
+    else:
+        tmp.replace(out)
     return out
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

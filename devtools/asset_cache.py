@@ -53,9 +53,9 @@ def build_key(inputs: dict) -> str:
 
 
 def cached(root: Path, name: str, inputs: dict, write: Callable[[Path], None]) -> Path:
-    """root/<key>/name as write(path) makes it (a file or a folder). Built at a temporary sibling and renamed
-    when complete, so an interrupted build is redone, never half-used, and concurrent builds do not collide. Built outside inference mode
-    (ComfyUI's may be on)."""
+    """root/<key>/name as write(path) makes it (a file or a folder). Built at a per-process temporary sibling
+    and renamed when complete, so an interrupted build is redone, never half-used, and concurrent builds do
+    not collide. Built outside inference mode (ComfyUI's may be on)."""
     folder = Path(root) / build_key(inputs)
     out = folder / name
     if out.exists():

@@ -70,7 +70,7 @@ def _date_inputs() -> list:
                                                           "Rewards for a weighted sum)."),
         io.Float.Input("rho", default=0.5, min=0.001, max=100.0, step=0.01,
                        tooltip="Update size: the Frobenius norm of each update of the token states "
-                               "(paper and code: 0.5)."),
+                               "(the authors' README commands: 0.5; their script's default: 0.1)."),
         io.Combo.Input("rule", options=list(RULES), default="paper", tooltip=RULE_HELP),
         io.Combo.Input("schedule", options=list(SCHEDULES), default="every_k_steps", tooltip=SCHEDULE_HELP),
         io.String.Input("schedule_value", default="10", tooltip=SCHEDULE_HELP),

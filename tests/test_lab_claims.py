@@ -54,8 +54,8 @@ def rewriter(comfy, lab_checkpoint, lab_reward):
 
 def test_gflownet_rewriter_is_more_diverse_than_reward_maximization_at_comparable_reward(rewriter):
     """The lab's rewriter policies (lab/rewriter.py) through the rewriter node, CLIP Text Encode, One Image per
-    Line and one KSampler run per prompt, every rewrite of a prompt drawn from the same noise. Margins: the GFlowNet's reward at most 0.05 below
-    reward maximization's; its text diversity above by more than two standard errors of the per-prompt
+    Line and one KSampler run per prompt, every rewrite of a prompt drawn from the same noise. Margins: the
+    GFlowNet's reward at most 0.05 below reward maximization's; its text diversity above by more than two standard errors of the per-prompt
     differences (prompts are paired). Image diversity is printed, not asserted: in the full run it is small
     for both (0.036 ± 0.013 vs 0.015 ± 0.006 of attribute pairs differ, 1.5 standard errors apart; the model
     ignores position and mostly background, so most words a rewrite adds do not change the extracted image),

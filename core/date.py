@@ -4,8 +4,8 @@ At a scheduled step the reward h is measured on the CFG-guided x0 estimate (deco
 function of the conditional encoder output c, and c moves by rho along the per-sample normalized
 gradient:
 
-    paper rule       c = c_ref + rho * g / ||g||      (g taken at the current c; ||c - c_ref|| = rho)
-    cumulative rule  c = c     + rho * g / ||g||      (the authors' released code)
+    cumulative rule  c = c     + rho * g / ||g||      (the authors' released code: the default)
+    paper rule       c = c_ref + rho * g / ||g||      (the paper's text; g at the current c, ||c - c_ref|| = rho)
 
 ||.|| is the Frobenius norm over all tokens x width of one sample. With a prior weight w the objective
 is h - w * mean((c_ref - c)^2), as in the authors' code. The unconditional embedding never changes.
@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-RULES = ("paper", "cumulative")
+RULES = ("cumulative", "paper")
 SCHEDULES = ("every_k_steps", "percent_of_steps", "step_list", "sigma_range")
 
 
@@ -31,7 +31,7 @@ class DateSettingsError(ValueError):
 @dataclass(frozen=True)
 class DateSettings:
     rho: float = 0.5
-    rule: str = "paper"
+    rule: str = "cumulative"  # the authors' released code; "paper" = the paper's text
     prior_weight: float = 0.0
     iterations: int = 1
 

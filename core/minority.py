@@ -8,8 +8,13 @@ Adam steps that *maximize* a reconstruction error, a proxy of -log p(x0 | prompt
     x0_s = D(z_s, sigma_s, C)               under the ORIGINAL prompt C
     J    = ||sg(x0_t) - x0_s||^2 + lambda * ||x0_t - sg(x0_s)||^2    (sg = stop-gradient)
 
-The paper writes squared norms, the authors' code plain ones (`norm`). The re-noise level is annealed,
-s = T - t, read through the model's own schedule (so any sampler and scheduler works), or fixed.
+Defaults are the authors' released code, which produced the paper's tables; where the paper's text reads
+differently it is an option: plain L2 norms (paper text: squared, `norm`), the optimized token kept for
+all later steps (paper text: the plain prompt on steps not optimized, `between_steps`), and the annealed
+re-noise level s = T - t_next, the NEXT step's level (code: `1000 - (t - Delta + 1)`; paper text:
+s = T - t, `anneal_level="this_step"`), read through the sampler's own sigma list and the model's
+schedule, so any sampler, scheduler and partial denoise works and a step that starts at t = T still
+re-noises to a real level. Without annealing s is fixed.
 Adam restarts at every optimized step; the token carries over as the next step's starting point.
 The paper's ablation `target="whole_embedding"` optimizes the prompt's whole encoder output C instead
 (`whole_embedding_start` / `whole_embedding_encoder`): the same objective, without the token's guard
@@ -30,6 +35,7 @@ from .denoiser import Denoiser
 
 NORMS = ("squared", "plain")
 BETWEEN_STEPS = ("original", "keep")
+ANNEAL_LEVELS = ("next_step", "this_step")  # authors' code, paper text
 INITS = ("word", "random_vocabulary", "gaussian", "gaussian_diagonal")
 TARGETS = ("appended_token", "whole_embedding")  # what is optimized: the paper's method, its ablation
 
@@ -42,17 +48,18 @@ class MinoritySettingsError(ValueError):
 
 @dataclass(frozen=True)
 class MinoritySettings:
-    """Defaults are the paper's (SD1.5 / SD2, 50-step DDIM)."""
+    """Defaults are the authors' released code (SD1.5 / SD2, 50-step DDIM); the paper's text in comments."""
 
     iterations: int = 10  # K Adam steps per optimized sampling step
     lr: float = 0.01
     sg_lambda: float = 1.0  # weight of the term whose gradient flows through x0_t directly
-    norm: str = "squared"  # paper; "plain" = the authors' code
-    anneal: bool = True  # s = T - t; off: s = fixed_level * T
+    norm: str = "plain"  # the authors' code; "squared" = the paper's text
+    anneal: bool = True  # s from the schedule (anneal_level); off: s = fixed_level * T
+    anneal_level: str = "next_step"  # s = T - t_next (the code); "this_step": s = T - t (the paper's text)
     fixed_level: float = 0.75
     fraction: float = 0.1  # optimize within the first 10% of the steps ...
     every: int = 1  # ... every N-th of them
-    between_steps: str = "original"  # paper: non-optimized steps use the prompt; "keep" = the code
+    between_steps: str = "keep"  # the code: later steps keep the token; "original" = the paper's text
     diversity: float = 0.0  # per-image tokens only: reward pairwise distance of the x0 estimates
     checkpointing: bool = False  # recompute denoiser activations in backward (less memory, slower)
     target: str = "appended_token"  # "whole_embedding": the paper's ablation (optimize all of C)
@@ -77,6 +84,8 @@ class MinoritySettings:
             bad("norm", f"must be one of {NORMS}")
         if self.between_steps not in BETWEEN_STEPS:
             bad("between_steps", f"must be one of {BETWEEN_STEPS}")
+        if self.anneal_level not in ANNEAL_LEVELS:
+            bad("anneal_level", f"must be one of {ANNEAL_LEVELS}")
         if self.target not in TARGETS:
             bad("target", f"must be one of {TARGETS}")
 
@@ -89,11 +98,12 @@ class MinoritySettings:
         first = math.ceil(self.fraction * n_steps - 1e-9)
         return [i for i in range(min(first, n_steps)) if i % self.every == 0]
 
-    def renoise_fraction(self, fraction_t: float) -> float:
-        """Re-noise level s as a fraction of the training schedule, for a step at fraction t/T."""
+    def renoise_fraction(self, fraction_t: float, fraction_next: float) -> float:
+        """Re-noise level s/T for a step from t/T = `fraction_t` to t_next/T = `fraction_next`."""
         if not self.anneal:
             return self.fixed_level
-        return min(max(1.0 - fraction_t, 0.0), 1.0)
+        level = 1.0 - (fraction_next if self.anneal_level == "next_step" else fraction_t)
+        return min(max(level, 0.0), 1.0)
 
 
 def _distance(difference: torch.Tensor, norm: str) -> torch.Tensor:
@@ -130,18 +140,20 @@ class StepResult:
 
 
 def optimize_step(denoiser: Denoiser, encode: Callable[[Tokens], TextConditioning], original: TextConditioning,
-                  x: torch.Tensor, sigma: float, start: Tokens, settings: MinoritySettings,
+                  x: torch.Tensor, sigma: float, sigma_next: float, start: Tokens, settings: MinoritySettings,
                   noise: Callable[[int], torch.Tensor], probe: bool = False,
                   before_iteration: Callable[[int], None] | None = None,
                   after_iteration: Callable[[int, float], None] | None = None) -> StepResult:
-    """K Adam iterations of the token(s) at one sampling step (x = the sampler's state at `sigma`).
+    """K Adam iterations of the token(s) at one sampling step (x = the sampler's state at `sigma`; the
+    sampler's next sigma is `sigma_next`, 0 at the last step).
 
     `encode(tokens)` returns the batch's conditioning with the tokens spliced in (differentiable);
     `noise(k)` the re-noise draw of iteration k. With `probe`, J is also measured (without gradient)
     at the starting and at the final tokens, averaged over the same K draws the iterations used, so the
     gain is measured on the same noise (2K extra evaluations).
     """
-    sigma_s = denoiser.sigma_at(settings.renoise_fraction(denoiser.fraction_of(sigma)))
+    fraction_next = denoiser.fraction_of(sigma_next) if sigma_next > 0 else 0.0
+    sigma_s = denoiser.sigma_at(settings.renoise_fraction(denoiser.fraction_of(sigma), fraction_next))
     x = x.detach()
     original = TextConditioning(original.cross_attn.detach(),
                                 None if original.pooled is None else original.pooled.detach())

@@ -88,7 +88,7 @@ def date_side_by_side() -> UIWorkflow:
     plain = wf.node("KSampler", [*sampling, 1.0], inputs=[("model", "MODEL", ckpt, 0), *conds],
                     outputs=[("LATENT", "LATENT")], pos=(840, 40), size=(320, 270), title="Fixed embedding")
     date = wf.node("PromptOptim_DATESampler",
-                   [*sampling, 1.0, 0.5, "paper", "every_k_steps", "3", 1, 0.0, "1.0", ""],
+                   [*sampling, 1.0, 0.5, "cumulative", "every_k_steps", "3", 1, 0.0, "1.0", ""],
                    inputs=[("model", "MODEL", ckpt, 0), *conds, ("vae", "VAE", ckpt, 2),
                            ("reward", "REWARD_MODEL", clip_reward, 0)],
                    outputs=[("LATENT", "LATENT"), ("report", "STRING")], pos=(840, 360), size=(340, 520),
@@ -111,7 +111,7 @@ LIKELIHOOD_OUT = [("log_likelihood", "FLOAT"), ("mean", "FLOAT"), ("report", "ST
 
 
 def minority_side_by_side() -> UIWorkflow:
-    """Same seed twice: plain KSampler vs MinorityPrompt at the paper's settings, each image's likelihood
+    """Same seed twice: plain KSampler vs MinorityPrompt at its defaults (the authors' code), each image's likelihood
     estimated under the model and the original prompt (MinorityPrompt should lower it)."""
     wf = UIWorkflow()
     ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
@@ -128,8 +128,9 @@ def minority_side_by_side() -> UIWorkflow:
     sampling = [42, "fixed", 12, 7.5, "euler", "normal"]
     plain = wf.node("KSampler", [*sampling, 1.0], inputs=[("model", "MODEL", ckpt, 0), *conds],
                     outputs=[("LATENT", "LATENT")], pos=(840, 40), size=(320, 270), title="Plain sampling")
-    paper = [10, 0.01, 0.1, 1, 1.0, "squared", True, 0.75, "original", True, 0.0, False, False, "appended_token"]
-    minority = wf.node("PromptOptim_MinoritySampler", [*sampling, 1.0, *paper],
+    defaults = [10, 0.01, 0.1, 1, 1.0, "plain", True, 0.75, "keep", True, 0.0, False, False, "appended_token",
+                "next_step"]
+    minority = wf.node("PromptOptim_MinoritySampler", [*sampling, 1.0, *defaults],
                        inputs=[("model", "MODEL", ckpt, 0), *conds],
                        outputs=[("LATENT", "LATENT"), ("token", "MINORITY_TOKEN"), ("report", "STRING")],
                        pos=(840, 360), size=(340, 640), title="MinorityPrompt (same seed)")

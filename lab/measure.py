@@ -90,8 +90,8 @@ def plain_guider() -> dict:
 
 
 def minority_guider(**overrides) -> dict:
-    settings = dict(iterations=10, lr=0.01, optimize_fraction=0.1, every_n_steps=1, sg_lambda=1.0, norm="squared",
-                    anneal=True, fixed_level=0.75, between_steps="original", token_per_image=True, diversity=0.0,
+    settings = dict(iterations=10, lr=0.01, optimize_fraction=0.1, every_n_steps=1, sg_lambda=1.0, norm="plain",
+                    anneal=True, fixed_level=0.75, between_steps="keep", token_per_image=True, diversity=0.0,
                     gradient_checkpointing=False, measure_gain=False)
     settings.update(overrides)
     return {"class_type": "PromptOptim_MinorityGuider",
@@ -99,7 +99,7 @@ def minority_guider(**overrides) -> dict:
 
 
 def date_guider(reward_name: str, **overrides) -> dict:
-    settings = dict(rho=0.5, rule="paper", schedule="percent_of_steps", schedule_value="10", iterations=1,
+    settings = dict(rho=0.5, rule="cumulative", schedule="percent_of_steps", schedule_value="10", iterations=1,
                     prior_weight=0.0, decode_scale="1.0")
     settings.update(overrides)
     return {"class_type": "PromptOptim_DATEGuider",

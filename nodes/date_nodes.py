@@ -21,9 +21,9 @@ ENCODE_NODE = "CLIP Text Encode, keep text (Prompt Optim)"
 GUIDER_NODE = "DATE Guider (Prompt Optim)"
 SAMPLER_NODE = "DATE KSampler (Prompt Optim)"
 
-RULE_HELP = ("paper: c = c_original + rho * g/||g|| at every update, so the embedding stays at distance rho "
-             "from the prompt's own. cumulative: c = c + rho * g/||g|| (the authors' released code), "
-             "updates add up.")
+RULE_HELP = ("cumulative: c = c + rho * g/||g||, updates add up (the authors' released code, default). "
+             "paper: c = c_original + rho * g/||g|| at every update (the paper's text), so the embedding stays "
+             "at distance rho from the prompt's own however many updates run.")
 SCHEDULE_HELP = ("Which steps update the embedding, read with schedule_value: every_k_steps '10' -> steps "
                  "0, 10, 20, ... ('1' = every step); percent_of_steps '10' -> 10% of the steps, evenly "
                  "spaced; step_list '0, 5, 20-24' (ranges inclusive, step 0 is the first); sigma_range "
@@ -59,7 +59,8 @@ MODEL_HELP = "The diffusion model (SD1.x, SD2.x or SDXL). It is not modified."
 POSITIVE_HELP = ("The prompt's conditioning; DATE updates a copy of its token states. One entry (not combined "
                  "or area conditioning).")
 NEGATIVE_HELP = "The negative/unconditional conditioning; DATE never changes it."
-CFG_HELP = "Classifier-free guidance scale (paper: 7.5 on SD1.5). The reward sees the guided x0 estimate."
+CFG_HELP = ("Classifier-free guidance scale (the authors' released commands: --w=8; their script's default: "
+            "7.5). The reward sees the guided x0 estimate.")
 
 
 def _date_inputs() -> list:
@@ -71,7 +72,7 @@ def _date_inputs() -> list:
         io.Float.Input("rho", default=0.5, min=0.001, max=100.0, step=0.01,
                        tooltip="Update size: the Frobenius norm of each update of the token states "
                                "(the authors' README commands: 0.5; their script's default: 0.1)."),
-        io.Combo.Input("rule", options=list(RULES), default="paper", tooltip=RULE_HELP),
+        io.Combo.Input("rule", options=list(RULES), default="cumulative", tooltip=RULE_HELP),
         io.Combo.Input("schedule", options=list(SCHEDULES), default="every_k_steps", tooltip=SCHEDULE_HELP),
         io.String.Input("schedule_value", default="10", tooltip=SCHEDULE_HELP),
         io.Int.Input("iterations", default=1, min=1, max=20,
@@ -133,7 +134,7 @@ class DateGuiderNode(io.ComfyNode):
             inputs=[io.Model.Input("model", tooltip=MODEL_HELP),
                     io.Conditioning.Input("positive", tooltip=POSITIVE_HELP),
                     io.Conditioning.Input("negative", tooltip=NEGATIVE_HELP),
-                    io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_HELP),
+                    io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_HELP),
                     *_date_inputs()],
             outputs=[io.Guider.Output()],
         )
@@ -160,7 +161,7 @@ class DateSamplerNode(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed (the same noise as KSampler with this seed)."),
                 io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Sampling steps (paper: 50)."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_HELP),
+                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_HELP),
                 io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
                                tooltip="Any ComfyUI sampler (paper: DDIM)."),
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform",

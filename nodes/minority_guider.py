@@ -157,7 +157,7 @@ class MinorityGuider(SteppedGuider):
             device = x.device
             start = {k: v.to(device) for k, v in self._tokens.items()}
             result = optimize_step(
-                denoiser, encode, original, x_, sigma, start,
+                denoiser, encode, original, x_, sigma, float(sigmas[step + 1]), start,
                 self.settings, self._noise(seed, step, x_), probe=self.probe,
                 before_iteration=lambda k: mm.throw_exception_if_processing_interrupted(),
                 after_iteration=self._iteration_hook(step))

@@ -14,7 +14,8 @@ import safetensors.torch
 import torch
 from comfy_api.latest import io, ui
 
-from ..core.minority import BETWEEN_STEPS, INITS, NORMS, TARGETS, MinoritySettings, MinoritySettingsError
+from ..core.minority import (ANNEAL_LEVELS, BETWEEN_STEPS, INITS, NORMS, TARGETS, MinoritySettings,
+                             MinoritySettingsError)
 from ..core.text_encoder import LearnableTokens
 from .comfy_text_encoder import ComfyTextEncoder
 from .date_nodes import PROMPT_TEXT_KEY
@@ -110,16 +111,18 @@ def _settings_inputs() -> list:
         io.Float.Input("sg_lambda", default=1.0, min=0.0, max=100.0, step=0.01,
                        tooltip="lambda of the stop-gradient split J = ||sg(x0_t) - x0_s|| + lambda ||x0_t - "
                                "sg(x0_s)|| (paper: 1)."),
-        io.Combo.Input("norm", options=list(NORMS), default="squared",
-                       tooltip="squared: the paper's squared L2 distances. plain: the authors' code."),
+        io.Combo.Input("norm", options=list(NORMS), default="plain",
+                       tooltip="plain: L2 distances, as the authors' code (default). squared: squared L2, as the "
+                               "paper's text writes J."),
         io.Boolean.Input("anneal", default=True,
-                         tooltip="Re-noise to s = T - t (paper): light re-noise at noisy steps, heavy at clean "
-                                 "ones, through the model's own schedule. Off: fixed_level."),
+                         tooltip="Annealed re-noise level (authors' --dynamic_pr, on in their released commands): "
+                                 "light re-noise at noisy steps, heavy at clean ones, through the sampler's sigmas "
+                                 "and the model's own schedule; anneal_level says which. Off: fixed_level."),
         io.Float.Input("fixed_level", default=0.75, min=0.0, max=1.0, step=0.01,
                        tooltip="Re-noise level as a fraction of the schedule when anneal is off (authors: 0.75)."),
-        io.Combo.Input("between_steps", options=list(BETWEEN_STEPS), default="original",
-                       tooltip="Conditioning on steps that are not optimized: original = the prompt (paper); "
-                               "keep = the last optimized one (authors' code)."),
+        io.Combo.Input("between_steps", options=list(BETWEEN_STEPS), default="keep",
+                       tooltip="Conditioning on steps that are not optimized: keep = the last optimized token "
+                               "(authors' code, default); original = the plain prompt (the paper's text)."),
         io.Boolean.Input("token_per_image", default=True,
                          tooltip="One placeholder per image of the batch, each optimized for its own image (as "
                                  "if generated alone). Off: one token shared by the batch."),
@@ -138,12 +141,16 @@ def _settings_inputs() -> list:
                        tooltip="appended_token: the method. whole_embedding: the paper's ablation, which "
                                "optimizes the prompt's whole encoder output instead of one token (the paper "
                                "measured it losing 0.7 CLIPScore: the prompt's meaning drifts); no token to save."),
+        io.Combo.Input("anneal_level", options=list(ANNEAL_LEVELS), default="next_step", optional=True,
+                       tooltip="With anneal: next_step = re-noise to s = T - t_next, the next sampling step's "
+                               "level (authors' code, default); this_step = s = T - t (the paper's text; a "
+                               "step starting at t = T then re-noises to almost nothing and optimizes nothing)."),
     ]
 
 
 def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_fraction, every_n_steps, sg_lambda,
                  norm, anneal, fixed_level, between_steps, token_per_image, diversity, gradient_checkpointing,
-                 measure_gain, optimize="appended_token") -> MinorityGuider:
+                 measure_gain, optimize="appended_token", anneal_level="next_step") -> MinorityGuider:
     family = model_family(model, node)
     spec = spec_of(positive)
     if spec is None:
@@ -159,7 +166,8 @@ def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_
         settings = MinoritySettings(iterations=iterations, lr=lr, sg_lambda=sg_lambda, norm=norm, anneal=anneal,
                                     fixed_level=fixed_level, fraction=optimize_fraction, every=every_n_steps,
                                     between_steps=between_steps, diversity=diversity,
-                                    checkpointing=gradient_checkpointing, target=optimize)
+                                    checkpointing=gradient_checkpointing, target=optimize,
+                                    anneal_level=anneal_level)
     except MinoritySettingsError as e:
         name = str(e).split(" ")[0]
         raise NodeInputError(node, "optimize" if name == "target" else name, str(e)) from None

@@ -218,7 +218,7 @@ class TestScheduleErrors:
 class TestDateSettings:
     def test_defaults(self):
         s = DateSettings()
-        assert (s.rho, s.rule, s.prior_weight, s.iterations) == (0.5, "paper", 0.0, 1)
+        assert (s.rho, s.rule, s.prior_weight, s.iterations) == (0.5, "cumulative", 0.0, 1)
 
     def test_valid_values_accepted(self):
         s = DateSettings(rho=1e-3, rule="cumulative", prior_weight=2.0, iterations=4)

@@ -89,12 +89,13 @@ def _noise(batch=B, seed=7):
     return noise
 
 
-def _step(settings=None, batch=B, start=None, denoiser=None, sigma=10.0, **kwargs):
+def _step(settings=None, batch=B, start=None, denoiser=None, sigma=10.0, sigma_next=None, **kwargs):
     prompt = _prompt(batch)
     denoiser = denoiser or GaussianDenoiser(WIDTH)
     x = torch.randn(batch, C, H, H, generator=_gen(3)) * sigma
     start = start if start is not None else {"l": torch.randn(batch, WIDTH, generator=_gen(4)) * 0.3}
-    return optimize_step(denoiser, _encoder(prompt), _original(prompt), x, sigma, start,
+    sigma_next = 0.8 * sigma if sigma_next is None else sigma_next
+    return optimize_step(denoiser, _encoder(prompt), _original(prompt), x, sigma, sigma_next, start,
                          settings or MinoritySettings(), kwargs.pop("noise", _noise(batch)), **kwargs)
 
 
@@ -102,15 +103,15 @@ def _step(settings=None, batch=B, start=None, denoiser=None, sigma=10.0, **kwarg
 # settings
 # --------------------------------------------------------------------------------------------------
 class TestSettings:
-    def test_defaults_are_the_papers(self):
+    def test_defaults_are_the_authors_code(self):
         s = MinoritySettings()
-        assert (s.iterations, s.lr, s.sg_lambda, s.norm, s.anneal, s.fraction, s.every, s.between_steps) == \
-            (10, 0.01, 1.0, "squared", True, 0.1, 1, "original")
+        assert (s.iterations, s.lr, s.sg_lambda, s.norm, s.anneal, s.anneal_level, s.fraction, s.every,
+                s.between_steps) == (10, 0.01, 1.0, "plain", True, "next_step", 0.1, 1, "keep")
 
     @pytest.mark.parametrize("field,value", [
         ("iterations", 0), ("iterations", 2.5), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")),
         ("sg_lambda", -1.0), ("sg_lambda", float("inf")), ("fraction", 1.5), ("fraction", -0.1),
-        ("fixed_level", 1.01), ("every", 0), ("norm", "l1"), ("between_steps", "revert"),
+        ("fixed_level", 1.01), ("every", 0), ("norm", "l1"), ("between_steps", "revert"), ("anneal_level", "T-t"),
         ("diversity", -0.5), ("target", "prompt"),
     ])
     def test_out_of_range_settings_are_refused_with_the_name(self, field, value):
@@ -129,12 +130,16 @@ class TestSettings:
     def test_optimized_steps(self, fraction, every, n, expected):
         assert MinoritySettings(fraction=fraction, every=every).steps(n) == expected
 
-    def test_renoise_level_is_T_minus_t_or_fixed(self):
-        annealed = MinoritySettings()
-        assert annealed.renoise_fraction(0.9) == pytest.approx(0.1)
-        assert annealed.renoise_fraction(0.25) == pytest.approx(0.75)
-        assert annealed.renoise_fraction(1.2) == 0.0 and annealed.renoise_fraction(-0.1) == 1.0
-        assert MinoritySettings(anneal=False, fixed_level=0.6).renoise_fraction(0.9) == 0.6
+    def test_renoise_level_is_T_minus_t_next_or_T_minus_t_or_fixed(self):
+        code = MinoritySettings()  # the authors' code: the next step's level
+        assert code.renoise_fraction(0.9, 0.8) == pytest.approx(0.2)
+        assert code.renoise_fraction(1.0, 0.75) == pytest.approx(0.25)  # a step starting at t = T
+        assert code.renoise_fraction(0.1, 0.0) == 1.0  # the last step
+        assert code.renoise_fraction(1.0, 1.2) == 0.0 and code.renoise_fraction(0.2, -0.1) == 1.0
+        paper = MinoritySettings(anneal_level="this_step")
+        assert paper.renoise_fraction(0.9, 0.8) == pytest.approx(0.1)
+        assert paper.renoise_fraction(1.0, 0.75) == 0.0
+        assert MinoritySettings(anneal=False, fixed_level=0.6).renoise_fraction(0.9, 0.8) == 0.6
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,7 +154,7 @@ class TestSplitObjective:
     @pytest.mark.parametrize("lam", [0.0, 0.5, 1.0, 2.0])
     def test_squared_value_and_gradients_follow_the_stop_gradient_split(self, lam):
         a, b = self._pair()
-        j = split_objective(a, b, MinoritySettings(sg_lambda=lam))
+        j = split_objective(a, b, MinoritySettings(norm="squared", sg_lambda=lam))
         d = (a - b).detach().double().flatten(1)
         torch.testing.assert_close(j, (1 + lam) * d.pow(2).sum(dim=1))
         j.sum().backward()
@@ -171,7 +176,7 @@ class TestSplitObjective:
         b = torch.zeros(1, 64, 64)
         b2 = b.clone()
         b2[0, 0, 0] = 1e-3  # changes ||a - b||^2 by about 0.2 out of 4.1e7, below float32's step of 4
-        settings = MinoritySettings(sg_lambda=0.0)
+        settings = MinoritySettings(norm="squared", sg_lambda=0.0)
         assert split_objective(a, b, settings) > split_objective(a, b2, settings)
 
 
@@ -203,7 +208,8 @@ class TestOptimizeStep:
         x = torch.randn(B, C, H, H, generator=_gen(3)) * sigma
         start = {"l": torch.randn(B, WIDTH, generator=_gen(4)) * 0.3}
         noise = _noise()
-        result = optimize_step(denoiser, _encoder(prompt), _original(prompt), x, sigma, start, settings, noise)
+        result = optimize_step(denoiser, _encoder(prompt), _original(prompt), x, sigma, 0.8 * sigma, start, settings,
+                               noise)
         # the gradient of J at the start, computed here without the optimizer
         v = start["l"].clone().requires_grad_(True)
         x0_t = denoiser.predict_x0(x, sigma, _encoder(prompt)({"l": v}))
@@ -224,13 +230,16 @@ class TestOptimizeStep:
         assert not result.tokens["l"].requires_grad
         assert not torch.equal(result.tokens["l"], copy)
 
-    @pytest.mark.parametrize("anneal,sigma", [(True, 10.0), (True, 3.0), (False, 10.0)])
-    def test_renoise_sigma_through_the_models_schedule(self, anneal, sigma):
+    @pytest.mark.parametrize("anneal,level_at,sigma,sigma_next", [
+        (True, "next_step", 10.0, 7.0), (True, "next_step", 3.0, 0.0), (True, "this_step", 10.0, 7.0),
+        (False, "next_step", 10.0, 7.0)])
+    def test_renoise_sigma_through_the_models_schedule(self, anneal, level_at, sigma, sigma_next):
         denoiser = GaussianDenoiser(WIDTH)
-        settings = MinoritySettings(iterations=1, anneal=anneal, fixed_level=0.4)
-        result = _step(settings, denoiser=denoiser, sigma=sigma)
+        settings = MinoritySettings(iterations=1, anneal=anneal, anneal_level=level_at, fixed_level=0.4)
+        result = _step(settings, denoiser=denoiser, sigma=sigma, sigma_next=sigma_next)
         t = (sigma - SIGMA_MIN) / (SIGMA_MAX - SIGMA_MIN)
-        level = 1 - t if anneal else 0.4
+        t_next = max((sigma_next - SIGMA_MIN) / (SIGMA_MAX - SIGMA_MIN), 0.0) if sigma_next > 0 else 0.0
+        level = (1 - (t_next if level_at == "next_step" else t)) if anneal else 0.4
         assert result.renoise_sigma == pytest.approx(SIGMA_MIN + level * (SIGMA_MAX - SIGMA_MIN))
 
     def test_hooks_noise_draws_and_denoiser_calls(self):
@@ -256,7 +265,7 @@ class TestOptimizeStep:
             token = (tokens["l"] * float("nan")).unsqueeze(1)
             return TextConditioning(torch.cat([prompt, token], dim=1))
         with pytest.raises(FloatingPointError, match="'l'"):
-            optimize_step(GaussianDenoiser(WIDTH), encode, _original(prompt), torch.randn(B, C, H, H), 5.0,
+            optimize_step(GaussianDenoiser(WIDTH), encode, _original(prompt), torch.randn(B, C, H, H), 5.0, 4.0,
                           {"l": torch.zeros(B, WIDTH)}, MinoritySettings(iterations=1), _noise())
 
     def test_checkpointing_gives_the_same_tokens(self):
@@ -273,7 +282,7 @@ class TestOptimizeStep:
         denoiser = GaussianDenoiser(WIDTH, text_gain=3.0)
 
         def spread(diversity):
-            result = optimize_step(denoiser, _encoder(prompt), _original(prompt), x, sigma, start,
+            result = optimize_step(denoiser, _encoder(prompt), _original(prompt), x, sigma, 0.8 * sigma, start,
                                    MinoritySettings(iterations=10, lr=0.05, diversity=diversity), _noise())
             with torch.no_grad():
                 return float(pairwise_diversity(denoiser.predict_x0(x, sigma, _encoder(prompt)(result.tokens))))
@@ -288,7 +297,7 @@ class TestOptimizeStep:
             token = (torch.sin(tokens["l"]) + torch.cos(tokens["g"])).unsqueeze(1)
             return TextConditioning(torch.cat([prompt, token], dim=1))
         result = optimize_step(GaussianDenoiser(WIDTH), encode, _original(prompt),
-                               torch.randn(B, C, H, H, generator=_gen(3)) * 10, 10.0, start,
+                               torch.randn(B, C, H, H, generator=_gen(3)) * 10, 10.0, 8.0, start,
                                MinoritySettings(iterations=3), _noise(), probe=True)
         assert set(result.tokens) == {"l", "g"}
         assert all(not torch.equal(result.tokens[k], start[k]) for k in start)
@@ -307,7 +316,7 @@ class TestOptimizeStep:
         encode = whole_embedding_encoder(original, B)
         assert encode(start).pooled.shape == (B, 3)
         x = torch.randn(B, C, H, H, generator=_gen(3)) * sigma
-        result = optimize_step(GaussianDenoiser(WIDTH), encode, original, x, sigma, start,
+        result = optimize_step(GaussianDenoiser(WIDTH), encode, original, x, sigma, 0.8 * sigma, start,
                                MinoritySettings(iterations=4, lr=0.05), _noise(), probe=True)
         assert (result.after > result.before).all()
         moved = (result.tokens["cross_attn"] - prompt).abs().amax(dim=-1)

@@ -155,9 +155,9 @@ IPGO_OUT = [("tokens", "IPGO_TOKENS"), ("positive", "CONDITIONING"), ("negative"
 
 
 def _ipgo_optimize(wf, ckpt, reward, prompts: str, epochs: int, accumulation: int, title: str):
-    """The optimizer at the paper's token settings but few epochs on a small image (the demo runs on CPUs)."""
+    """The optimizer at the authors' token settings but few epochs on a small image (the demo runs on CPUs)."""
     sampling = [0, 12, 7.5, "euler", "normal", SIDE, SIDE]
-    training = [epochs, 0.01, 10, 0.9, accumulation, 10, 10, 300, True, 0.001, 2, 1.0, 0]
+    training = [epochs, 0.01, 10, 0.9, accumulation, 10, 10, 300, False, 0.001, 2, 1.0, 0]
     return wf.node("PromptOptim_IPGOOptimize", [prompts, "", *sampling, *training],
                    inputs=[("model", "MODEL", ckpt, 0), ("clip", "CLIP", ckpt, 1), ("vae", "VAE", ckpt, 2),
                            ("reward", "REWARD_MODEL", reward, 0)],

@@ -216,7 +216,7 @@ def date_experiment(comfy, ckpt: str, reward_name: str, scale: Scale, ablations:
 
 
 IPGO_SETTINGS = dict(epochs=15, learning_rate=0.01, lr_step=10, lr_gamma=0.9, prefix_tokens=10, suffix_tokens=10,
-                     rank=300, rotation=True, conformity_weight=0.001, last_steps=2, clip_norm=1.0, init_seed=0)
+                     rank=300, rotation=False, conformity_weight=0.001, last_steps=2, clip_norm=1.0, init_seed=0)
 
 
 def ipgo_graph(ckpt: str, reward_name: str, train_prompts: list[str], eval_prompts: list[str],

@@ -60,7 +60,7 @@ class IpgoOptimize(io.ComfyNode):
             description="IPGO: learns a few prefix and suffix tokens, injected around the prompt's encoded "
                         "sequence, that raise a reward of the generated image. Each epoch generates every prompt "
                         "with the same seed and back-propagates the reward through the VAE decode and the last "
-                        "K sampling steps. One prompt: prompt-wise (the paper's defaults). Several prompts (one "
+                        "K sampling steps. One prompt: prompt-wise (the authors' defaults). Several prompts (one "
                         "per line): batch-wise, tokens that transfer to new prompts. The models are not changed.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL). Not modified."),
@@ -102,9 +102,9 @@ class IpgoOptimize(io.ComfyNode):
                 io.Int.Input("rank", default=300, min=1, max=2048,
                              tooltip="Coefficients per token, m (paper: 300); the orthonormal basis maps them to "
                                      "the conditioning width. At most that width."),
-                io.Boolean.Input("rotation", default=True,
-                                 tooltip="The paper's two rotation angles per token. Off: no rotation, which is what "
-                                         "the authors' notebook effectively runs."),
+                io.Boolean.Input("rotation", default=False,
+                                 tooltip="Off (default): no rotation, what the authors' notebook runs (its slicing "
+                                         "leaves no angles). On: the paper's text, two rotation angles per token."),
                 io.Float.Input("conformity_weight", default=0.001, min=0.0, max=100.0, step=0.0001, round=1e-6,
                                tooltip="Weight of the penalty keeping the sequence's mean state near the prompt's "
                                        "(paper: 0.001)."),

@@ -144,11 +144,12 @@ def test_no_tokens_at_all_is_refused():
         IpgoSettings(prefix_tokens=0, suffix_tokens=0)
 
 
-def test_paper_defaults():
+def test_authors_defaults():
+    """The notebook's prompt-wise run (Demos750/IPGO @ 5d5d267): no rotation (its slicing leaves no angles)."""
     s = IpgoSettings()
     assert (s.prefix_tokens, s.suffix_tokens, s.rank, s.rotation, s.conformity_weight, s.last_steps, s.epochs,
             s.lr, s.lr_step, s.lr_gamma, s.clip_norm, s.accumulation) == \
-        (10, 10, 300, True, 0.001, 2, 50, 1e-3, 10, 0.9, 1.0, 4)
+        (10, 10, 300, False, 0.001, 2, 50, 1e-3, 10, 0.9, 1.0, 4)
 
 
 # --------------------------------------------------------------------------------------------------

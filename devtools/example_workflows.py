@@ -241,14 +241,14 @@ REWRITES = 4
 
 
 def gfn_rewriter_batch() -> UIWorkflow:
-    """One prompt -> 4 GFlowNet rewrites (the lab's policy, diverse beam search as the paper evaluates) -> one
+    """One prompt -> 4 GFlowNet rewrites (the lab's policy, diverse beam search as the authors evaluate) -> one
     generation each (same seed) -> one batch, scored against the original prompt and saved best first."""
     wf = UIWorkflow()
     ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
                    pos=(40, 300), size=(320, 100))
     rewriter = wf.node("PromptOptim_GFlowNetRewriter",
                        [LAB_REWRITERS["gfn"], REWRITER_PROMPT, REWRITES, "diverse_beam_search", 0, "fixed", 1.0,
-                        1.0, MIN_NEW, MAX_NEW, 1.0, TEMPLATE, "auto"],
+                        1.0, MIN_NEW, MAX_NEW, 1.0, TEMPLATE, "fp32", -1.0],
                        outputs=[("rewrites", "STRING"), ("text", "STRING")], pos=(40, 460), size=(360, 520),
                        title="GFlowNet rewriter (lab policy: 3-12 new tokens; paper: 15-75)")
     pos = wf.node("CLIPTextEncode", [""], inputs=[("text", "STRING", rewriter, 0), ("clip", "CLIP", ckpt, 1)],

@@ -72,10 +72,12 @@ class GFlowNetRewriter(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="The prompt to rewrite. One prompt per line gives count rewrites of each, "
                                         "in order."),
-                io.Int.Input("count", default=4, min=1, max=64, tooltip="Rewrites per prompt (paper: 16)."),
-                io.Combo.Input("mode", options=list(MODES), default="sampling",
-                               tooltip="sampling: seeded sampling (temperature, top_p). diverse_beam_search: count "
-                                       "beams in count groups with a diversity penalty (the paper's evaluation)."),
+                io.Int.Input("count", default=16, min=1, max=64,
+                             tooltip="Rewrites per prompt (the authors' evaluation: 16)."),
+                io.Combo.Input("mode", options=list(MODES), default="diverse_beam_search",
+                               tooltip="diverse_beam_search (default, the authors' evaluation): count beams in count "
+                                       "groups with a diversity and a length penalty; deterministic, no seed. "
+                                       "sampling: seeded sampling (temperature, top_p)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                              tooltip="Sampling seed: rewrite i uses seed + i, so the same seed gives the same rewrites."),
                 io.Float.Input("temperature", default=1.0, min=0.05, max=5.0, step=0.05,
@@ -89,12 +91,17 @@ class GFlowNetRewriter(io.ComfyNode):
                              tooltip="Longest rewrite in tokens (paper: 75)."),
                 io.Float.Input("diversity_penalty", default=1.0, min=0.0, max=10.0, step=0.1,
                                tooltip="Diverse beam search: how strongly groups avoid tokens earlier groups "
-                                       "picked at the same step (paper: 1.0)."),
+                                       "picked at the same step (authors and paper: 1.0)."),
                 io.String.Input("template", default=DEFAULT_TEMPLATE, multiline=True,
                                 tooltip="What the policy reads; {prompt} is replaced by the prompt. Use the "
                                         "template the policy was trained with."),
-                io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
-                               tooltip="Precision of the policy. auto: fp32 on CPU, half precision on GPU."),
+                io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="fp32",
+                               tooltip="Precision of the policy. fp32 (default) as the authors' evaluation; auto: "
+                                       "fp32 on CPU, half precision on GPU (less memory, rewrites may differ)."),
+                io.Float.Input("length_penalty", default=-1.0, optional=True, min=-5.0, max=5.0, step=0.1,
+                               tooltip="Diverse beam search: a finished rewrite scores (sum of log-probabilities) / "
+                                       "length ** length_penalty. The authors' evaluation: -1.0 (favours short "
+                                       "rewrites); 1.0 is the per-token average."),
             ],
             outputs=[
                 io.String.Output(display_name="rewrites", is_output_list=True,
@@ -108,7 +115,7 @@ class GFlowNetRewriter(io.ComfyNode):
 
     @classmethod
     def execute(cls, policy, prompt, count, mode, seed, temperature, top_p, min_new_tokens, max_new_tokens,
-                diversity_penalty, template, dtype) -> io.NodeOutput:
+                diversity_penalty, template, dtype, length_penalty=-1.0) -> io.NodeOutput:
         prompts = [line.strip() for line in require_prompt(NODE, "prompt", prompt).splitlines() if line.strip()]
         folder = rewriter_folder.REWRITERS.resolve(policy) if policy != NO_ENTRIES else None
         if folder is None:
@@ -117,7 +124,8 @@ class GFlowNetRewriter(io.ComfyNode):
         try:
             settings = RewriteSettings(count=count, mode=mode, seed=seed, temperature=temperature, top_p=top_p,
                                        min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
-                                       diversity_penalty=diversity_penalty, template=template)
+                                       diversity_penalty=diversity_penalty, length_penalty=length_penalty,
+                                       template=template)
         except ValueError as e:
             blame = "template" if "template" in str(e) else "min_new_tokens" if "min_new" in str(e) else "mode"
             raise NodeInputError(NODE, blame, str(e)) from e
@@ -137,7 +145,7 @@ class GFlowNetRewriter(io.ComfyNode):
         rewrites = []
         for p in prompts:
             mm.throw_exception_if_processing_interrupted()
-            rewrites += rewrite(model, tokenizer, p, settings, between)
+            rewrites += rewrite(model, tokenizer, p, settings, between, mm.throw_exception_if_processing_interrupted)
         # one line per rewrite, so a line-per-prompt node downstream sees exactly `count` prompts per input line
         text = "\n".join(" ".join(r.split()) for r in rewrites)
         return io.NodeOutput(rewrites, text, ui=ui.PreviewText(text))

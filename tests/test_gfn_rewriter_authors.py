@@ -57,3 +57,60 @@ def test_the_trajectories_exercise_padding_and_the_terminal_reward():
     no_terminal = objectives.fl_db(T["log_fs"], T["log_pfs"], log_reward.steps(case["tau"]),
                                    torch.zeros(3, dtype=torch.float64), mask)
     assert (no_terminal - authors).abs().max() > 1.0
+
+
+# -- diverse beam search: the authors' evaluation call ---------------------------------------------------------
+BEAM = json.loads((Path(__file__).parent / "fixtures" / "gfn_authors" / "expected_beam.json").read_text())
+LAB_POLICY = Path(__file__).resolve().parents[1] / BEAM["policy"]["folder"]
+
+
+@pytest.fixture(scope="module")
+def lab_policy():
+    import hashlib
+
+    from core.gfn_rewriter.policy_folder import load_policy
+
+    assert hashlib.sha256((LAB_POLICY / "model.safetensors").read_bytes()).hexdigest() == BEAM["policy"]["sha256"]
+    return load_policy(LAB_POLICY)
+
+
+def test_the_fixture_ran_the_authors_call():
+    """make_beam_fixture.py read these from their eval.py; the node's defaults are the same numbers."""
+    from core.gfn_rewriter.rewrite import RewriteSettings
+
+    kwargs, s = BEAM["authors"]["kwargs"], RewriteSettings()
+    assert kwargs["do_sample"] is False and kwargs["num_beams"] == kwargs["num_beam_groups"] == "args.num_samples"
+    assert (s.mode, s.count, s.diversity_penalty, s.length_penalty, s.min_new_tokens, s.max_new_tokens) == \
+        ("diverse_beam_search", 16, kwargs["diversity_penalty"], kwargs["length_penalty"], kwargs["min_new_tokens"],
+         kwargs["max_new_tokens"])
+
+
+@pytest.mark.parametrize("run", BEAM["runs"], ids=lambda r: f"{r['num_beams']}in{r['num_beam_groups']}-"
+                                                          f"{r['prompt'].replace(' ', '_')}")
+def test_diverse_beam_search_equals_the_authors_call(lab_policy, run):
+    """Hugging Face's group beam search with their keyword arguments (transformers 4.48.3) and ours return the
+    same rewrites in the same order; the fixture has duplicates and every group size the node uses."""
+    from core.gfn_rewriter.diverse_beam_search import diverse_beam_search
+    from core.gfn_rewriter.trajectories import encode_prompt
+
+    model, tokenizer = lab_policy
+    ids = encode_prompt(tokenizer, run["prompt"], BEAM["template"])
+    assert ids == run["input_ids"]
+    kwargs = BEAM["authors"]["kwargs"]
+    got = diverse_beam_search(model, ids, tokenizer.eos_token_id, run["num_beams"], run["num_beam_groups"],
+                              kwargs["diversity_penalty"], run["max_new_tokens"], run["min_new_tokens"],
+                              kwargs["length_penalty"])
+    assert got == run["rewrites"]
+
+
+def test_seeded_changes_break_the_beam_equivalence(lab_policy):
+    """The old loop's rules (length penalty +1, i.e. the per-token mean) and a diversity penalty that is not
+    applied give other rewrites for the authors' 16 beams in 16 groups."""
+    from core.gfn_rewriter.diverse_beam_search import diverse_beam_search
+
+    model, tokenizer = lab_policy
+    run = next(r for r in BEAM["runs"] if r["num_beams"] == 16 and r["prompt"] == "a blue square")
+    common = dict(max_new_tokens=run["max_new_tokens"], min_new_tokens=run["min_new_tokens"])
+    eos = tokenizer.eos_token_id
+    assert diverse_beam_search(model, run["input_ids"], eos, 16, 16, 1.0, length_penalty=1.0, **common) != run["rewrites"]
+    assert diverse_beam_search(model, run["input_ids"], eos, 16, 16, 0.0, length_penalty=-1.0, **common) != run["rewrites"]

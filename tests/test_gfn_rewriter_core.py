@@ -116,7 +116,8 @@ def test_bad_policy_folders_get_one_clear_message(folders):
 
 def test_seeded_rewrites_repeat_and_beam_search_gives_distinct_rewrites(policy):
     model, tok = policy
-    settings = RewriteSettings(count=4, seed=7, min_new_tokens=3, max_new_tokens=8, temperature=1.0, top_p=0.95)
+    settings = RewriteSettings(count=4, mode="sampling", seed=7, min_new_tokens=3, max_new_tokens=8, temperature=1.0,
+                               top_p=0.95)
     first = rewrite(model, tok, "a cat", settings)
     assert first == rewrite(model, tok, "a cat", settings)
     assert rewrite(model, tok, "a cat", RewriteSettings(**{**vars(settings), "count": 2})) == first[:2]

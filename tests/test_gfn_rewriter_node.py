@@ -22,7 +22,8 @@ def test_rewrites_are_a_list_equal_to_core_sampling_and_repeat_with_the_seed(com
     rewrites, text = comfy.node_outputs("rw")
     assert len(rewrites) == 6 and text == ["\n".join(rewrites)] and ui["rw"]["text"] == text
     model, tok = folder.load_policy(prompt_rewriters / NAMES["policy"])
-    settings = core_rewrite.RewriteSettings(count=3, seed=5, min_new_tokens=3, max_new_tokens=8, top_p=0.9)
+    settings = core_rewrite.RewriteSettings(count=3, mode="sampling", seed=5, min_new_tokens=3, max_new_tokens=8,
+                                            top_p=0.9)
     expected = core_rewrite.rewrite(model, tok, "a cat", settings) + core_rewrite.rewrite(model, tok, "the old house",
                                                                                          settings)
     assert rewrites == expected

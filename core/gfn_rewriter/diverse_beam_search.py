@@ -1,61 +1,114 @@
-"""Diverse beam search (Vijayakumar et al., 2018), the paper's inference mode: 16 beams in 16 groups,
-diversity penalty 1.0. Our own loop (transformers 5 moved it out of generate()); no key/value cache
-(beams are re-ranked every step and prompts are short).
+"""Diverse beam search (Vijayakumar et al., 2018) as the authors' evaluation runs it: Hugging Face's group beam
+search (transformers 4.x `generate(num_beams=N, num_beam_groups=N, diversity_penalty=1.0,
+length_penalty=-1.0)`). transformers 5 no longer has that mode, so this is our own loop with its rules
+(tests/test_gfn_rewriter_authors.py compares it with their call run in transformers 4.48.3):
 
-Groups take turns at each step; a group's token log-probabilities are lowered by
-diversity_penalty x (how many earlier groups picked that token at this step), then ordinary beam
-search runs inside the group. A hypothesis ends at the end token (score = sum log p / length) or at
-max_new_tokens.
+- groups take turns at each step; a group's token log-probabilities are lowered by diversity_penalty x
+  (how many earlier groups' beams picked that token at this step), and that penalty stays in the running
+  beam scores; a finished group keeps "picking" the pad token (here the end token);
+- inside a group, ordinary beam search over 2 x width candidates: the end token among the first `width`
+  candidates finishes a hypothesis scored sum / generated_length ** length_penalty (the length counts
+  the end token; -1 multiplies, favouring short rewrites); the end token is impossible before
+  min_new_tokens;
+- a group is done once it holds `width` hypotheses none of its running beams can beat
+  (best candidate / length ** length_penalty); unfinished beams at max_new_tokens join as hypotheses;
+- all groups' hypotheses are returned best score first.
+No key/value cache (prompts are short; float differences from a cached forward are ~1e-7).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .trajectories import forbid_early_end
+
+class _Hypotheses:
+    """The `width` best finished rewrites of one group (Hugging Face's BeamHypotheses, early_stopping False)."""
+
+    def __init__(self, width: int, length_penalty: float):
+        self.width, self.length_penalty = width, length_penalty
+        self.beams: list[tuple[float, list[int]]] = []
+        self.worst = 1e9
+
+    def add(self, tokens: list[int], sum_logprobs: float, generated_len: int) -> None:
+        score = sum_logprobs / (generated_len ** self.length_penalty)
+        if len(self.beams) < self.width or score > self.worst:
+            self.beams.append((score, tokens))
+            if len(self.beams) > self.width:
+                ranked = sorted((s, i) for i, (s, _) in enumerate(self.beams))
+                del self.beams[ranked[0][1]]
+                self.worst = ranked[1][0]
+            else:
+                self.worst = min(score, self.worst)
+
+    def is_done(self, best_sum_logprobs: float, generated_len: int) -> bool:
+        if len(self.beams) < self.width:
+            return False
+        return self.worst >= best_sum_logprobs / generated_len ** self.length_penalty
 
 
 @torch.no_grad()
 def diverse_beam_search(model, prompt_ids: list[int], eos_id: int, num_beams: int = 16, num_groups: int = 16,
-                        diversity_penalty: float = 1.0, max_new_tokens: int = 75,
-                        min_new_tokens: int = 0) -> list[list[int]]:
-    """Token lists (no end token), the best hypothesis of each group first, num_beams in all."""
+                        diversity_penalty: float = 1.0, max_new_tokens: int = 75, min_new_tokens: int = 0,
+                        length_penalty: float = -1.0, pad_id: int | None = None,
+                        between_steps=lambda: None) -> list[list[int]]:
+    """num_beams token lists (no end token), best score first. `pad_id` (default: the end token, as the
+    authors pass pad = end) is what a finished group keeps emitting; `between_steps()` runs after each
+    token step (cancel checks)."""
     if num_beams % num_groups:
         raise ValueError(f"num_beams ({num_beams}) must be a multiple of num_groups ({num_groups})")
     width = num_beams // num_groups
+    pad_id = eos_id if pad_id is None else pad_id
     device = model.get_input_embeddings().weight.device
-    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
-    # per group: running beams as (tokens, summed log-prob); finished as (normalized score, tokens)
-    running = [[([], 0.0)] for _ in range(num_groups)]
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(num_groups)]
-    for t in range(max_new_tokens):
-        picked = torch.zeros(model.get_input_embeddings().num_embeddings, device=device)
+    prompt_len = len(prompt_ids)
+    seqs = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).repeat(num_beams, 1)
+    beam_scores = torch.full((num_beams,), -1e9, dtype=torch.float32, device=device)
+    beam_scores[::width] = 0  # one live beam per group at the start
+    hyps = [_Hypotheses(width, length_penalty) for _ in range(num_groups)]
+    done = [False] * num_groups
+    for step in range(max_new_tokens):
+        logp_all = F.log_softmax(model(seqs).logits[:, -1].float(), dim=-1)
+        vocab = logp_all.shape[-1]
+        current = torch.zeros(num_beams, dtype=torch.long, device=device)
+        rows = torch.zeros(num_beams, dtype=torch.long, device=device)  # which old row each new row extends
         for g in range(num_groups):
-            if len(finished[g]) >= width or not running[g]:
+            start = g * width
+            logp = logp_all[start:start + width]
+            if g > 0 and diversity_penalty:
+                logp = logp - diversity_penalty * torch.bincount(current[:start], minlength=vocab).to(logp)
+            if step < min_new_tokens:
+                logp = logp.clone()
+                logp[:, eos_id] = -float("inf")
+            scores = (logp + beam_scores[start:start + width, None]).view(-1)
+            top_scores, top = scores.topk(2 * width)
+            if done[g]:
+                beam_scores[start:start + width] = 0
+                current[start:start + width] = pad_id
+                rows[start:start + width] = start
                 continue
-            seqs = torch.stack([torch.cat([prompt, torch.tensor(b, dtype=torch.long, device=device)])
-                                for b, _ in running[g]])
-            logits = forbid_early_end(model(seqs).logits[:, -1].float(), t, eos_id, min_new_tokens)
-            logp = F.log_softmax(logits, -1)
-            scores = torch.tensor([s for _, s in running[g]], device=device).unsqueeze(1) + logp
-            ranked = scores - diversity_penalty * picked[: logp.shape[1]]
-            top = ranked.flatten().topk(min(2 * width, ranked.numel())).indices
-            new = []
-            for flat in top.tolist():
-                beam, token = divmod(flat, logp.shape[1])
-                tokens, total = running[g][beam][0] + [token], float(scores[beam, token])
+            kept = 0
+            new_scores = torch.zeros(width, dtype=torch.float32, device=device)
+            for rank, (flat, score) in enumerate(zip(top.tolist(), top_scores)):
+                beam, token = divmod(flat, vocab)
                 if token == eos_id:
-                    finished[g].append((total / len(tokens), tokens[:-1]))
+                    if rank >= width:
+                        continue
+                    hyps[g].add(seqs[start + beam, prompt_len:].tolist(), score.item(), step + 1)
                 else:
-                    new.append((tokens, total))
-                picked[token] += 1
-                if len(new) == width or len(finished[g]) >= width:
+                    new_scores[kept] = score
+                    current[start + kept] = token
+                    rows[start + kept] = start + beam
+                    kept += 1
+                if kept == width:
                     break
-            running[g] = new
-        if all(len(f) >= width or not r for f, r in zip(finished, running)):
+            beam_scores[start:start + width] = new_scores
+            done[g] = hyps[g].is_done(top_scores.max().item(), step + 1)
+        seqs = torch.cat([seqs[rows], current[:, None]], dim=1)
+        between_steps()
+        if all(done):
             break
-    out = []
     for g in range(num_groups):
-        pool = finished[g] + [(s / len(b), b) for b, s in running[g]]  # unfinished at max_new_tokens
-        out += [tokens for _, tokens in sorted(pool, key=lambda x: -x[0])[:width]]
-    return out
+        if not done[g]:  # unfinished beams at max_new_tokens
+            for row in range(g * width, (g + 1) * width):
+                hyps[g].add(seqs[row, prompt_len:].tolist(), beam_scores[row].item(), seqs.shape[1] - prompt_len)
+    ranked = sorted((h for group in hyps for h in group.beams), key=lambda h: h[0])
+    return [ranked.pop()[1] for _ in range(num_beams)]  # pop from the end: HF's order among equal scores

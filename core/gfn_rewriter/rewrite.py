@@ -1,4 +1,5 @@
-"""Inference: N rewrites of each prompt, by seeded sampling or by diverse beam search.
+"""Inference: N rewrites of each prompt, by diverse beam search (the default: the authors' evaluation, 16
+beams in 16 groups, diversity penalty 1.0, length penalty -1.0) or by seeded sampling.
 
 Sampling draws rewrite i with its own generator seeded with seed + i, so the same seed gives the
 same rewrites and rewrite i does not depend on how many are asked for.
@@ -18,14 +19,15 @@ MODES = ("sampling", "diverse_beam_search")
 
 @dataclass(frozen=True)
 class RewriteSettings:
-    count: int = 4
-    mode: str = "sampling"
+    count: int = 16
+    mode: str = "diverse_beam_search"
     seed: int = 0
     temperature: float = 1.0
     top_p: float = 0.9
     min_new_tokens: int = 15
     max_new_tokens: int = 75
     diversity_penalty: float = 1.0
+    length_penalty: float = -1.0  # diverse beam search: score = sum log p / length ** length_penalty
     template: str = trajectories.DEFAULT_TEMPLATE
 
     def __post_init__(self):
@@ -38,14 +40,16 @@ class RewriteSettings:
 
 
 def rewrite(model, tokenizer, prompt: str, settings: RewriteSettings,
-            between: Callable[[], None] = lambda: None) -> list[str]:
-    """settings.count rewrites of one prompt; `between()` runs after each generation (progress, cancel)."""
+            between: Callable[[], None] = lambda: None, interrupt: Callable[[], None] = lambda: None) -> list[str]:
+    """settings.count rewrites of one prompt; `between()` runs after each generation (progress, cancel),
+    `interrupt()` after each token step of diverse beam search (cancel)."""
     ids = trajectories.encode_prompt(tokenizer, prompt, settings.template)
     eos = tokenizer.eos_token_id
     device = model.get_input_embeddings().weight.device
     if settings.mode == "diverse_beam_search":
         tokens = diverse_beam_search(model, ids, eos, settings.count, settings.count, settings.diversity_penalty,
-                                     settings.max_new_tokens, settings.min_new_tokens)
+                                     settings.max_new_tokens, settings.min_new_tokens, settings.length_penalty,
+                                     between_steps=interrupt)
         between()
         return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
     out = []

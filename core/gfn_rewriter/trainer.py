@@ -43,6 +43,8 @@ class TrainConfig:
     max_new_tokens: int = 75
     template: str = trajectories.DEFAULT_TEMPLATE
     flow_hidden: int = 256
+    prompt_summary: str = "mean"  # the flow head's prompt input; the authors' code: "sum_without_last"
+    dropout: bool = False  # True: the policy in train mode (its dropout on), as the authors' code trains
     seed: int = 0
     extra: dict = field(default_factory=dict)  # free-form notes saved with checkpoints
 
@@ -71,7 +73,8 @@ class Trainer:
         self.eos = tokenizer.eos_token_id
         self.device = policy.get_input_embeddings().weight.device
         self.reference = reference.eval().requires_grad_(False)
-        policy.eval()  # no dropout: the loss must score actions with the distribution that sampled them
+        # no dropout by default: the loss then scores actions with the distribution that sampled them
+        policy.train(config.dropout)
         torch.manual_seed(config.seed)  # the same flow head on every rank
         self.policy = wrap(policy)
         self.flow = None
@@ -122,7 +125,7 @@ class Trainer:
         if on_policy:
             self.buffer.add(traj, task, log_reward.total)
         scored = trajectories.score(self.policy, traj, self.eos, cfg.min_new_tokens,
-                                    hidden=cfg.objective != "reward_max")
+                                    hidden=cfg.objective != "reward_max", prompt_summary=cfg.prompt_summary)
         mask = traj.mask.to(self.device)
         metrics = {}
         if cfg.objective == "fl_db":
@@ -163,11 +166,17 @@ class Trainer:
         """Mean task reward and mean per-prompt diversity of fresh samples (fixed seed, no exploration)."""
         generator = torch.Generator(self.device).manual_seed(seed)
         rewards, diversities = [], []
-        for prompt in prompts or self.prompts:
-            traj = trajectories.sample(_unwrap(self.policy), self.prompt_ids(prompt), samples, self.eos,
-                                       self.config.max_new_tokens, self.config.min_new_tokens, temperature,
-                                       generator=generator)
-            texts = traj.texts(self.tokenizer)
-            rewards.append(float(self.task_reward([prompt] * len(texts), texts).mean()))
-            diversities.append(text_diversity(texts))
+        policy = _unwrap(self.policy)
+        training = policy.training
+        policy.eval()  # the policy as the node runs it (no dropout)
+        try:
+            for prompt in prompts or self.prompts:
+                traj = trajectories.sample(policy, self.prompt_ids(prompt), samples, self.eos,
+                                           self.config.max_new_tokens, self.config.min_new_tokens, temperature,
+                                           generator=generator)
+                texts = traj.texts(self.tokenizer)
+                rewards.append(float(self.task_reward([prompt] * len(texts), texts).mean()))
+                diversities.append(text_diversity(texts))
+        finally:
+            policy.train(training)
         return {"reward": sum(rewards) / len(rewards), "diversity": sum(diversities) / len(diversities)}

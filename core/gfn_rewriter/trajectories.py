@@ -95,14 +95,20 @@ def sample(model, prompt_ids: list[int] | torch.Tensor, n: int, eos_id: int, max
 @dataclass
 class Scored:
     """Per action: log-probability at temperature 1 (0 where masked); per state s_t, t < T: the last
-    hidden state (detached, for the flow head); the prompt's mean hidden state (detached)."""
+    hidden state (detached, for the flow head); a summary of the prompt's hidden states (detached)."""
     log_probs: torch.Tensor  # (n, T)
     state_hidden: torch.Tensor  # (n, T, D)
     prompt_hidden: torch.Tensor  # (n, D)
 
 
-def score(model, traj: Trajectories, eos_id: int, min_new_tokens: int = 0, hidden: bool = True) -> Scored:
-    """Teacher-forced log P(a_t | s_t) of the taken actions (with gradient if enabled)."""
+PROMPT_SUMMARIES = ("mean", "sum_without_last")
+
+
+def score(model, traj: Trajectories, eos_id: int, min_new_tokens: int = 0, hidden: bool = True,
+          prompt_summary: str = "mean") -> Scored:
+    """Teacher-forced log P(a_t | s_t) of the taken actions (with gradient if enabled). `prompt_summary`: the
+    flow head's prompt input, the mean of the prompt's last-layer states, or (the authors' code) their sum
+    without the prompt's last token."""
     device = model.get_input_embeddings().weight.device if not hasattr(model, "module") else \
         model.module.get_input_embeddings().weight.device
     n, T = traj.actions.shape
@@ -118,4 +124,10 @@ def score(model, traj: Trajectories, eos_id: int, min_new_tokens: int = 0, hidde
     if not hidden:
         return Scored(log_probs, None, None)
     last = out.hidden_states[-1].detach().float()
-    return Scored(log_probs, last[:, P - 1:P - 1 + T], last[:, :P].mean(1))
+    if prompt_summary == "mean":
+        summary = last[:, :P].mean(1)
+    elif prompt_summary == "sum_without_last":
+        summary = last[:, :P - 1].sum(1)
+    else:
+        raise ValueError(f"prompt_summary must be one of {PROMPT_SUMMARIES}; got {prompt_summary!r}")
+    return Scored(log_probs, last[:, P - 1:P - 1 + T], summary)

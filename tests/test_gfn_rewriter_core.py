@@ -85,12 +85,15 @@ def test_flow_reactivation_changes_only_the_last_layer():
     after = head.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"out.weight", "out.bias"}
-    bound = 1 / 64 ** 0.5
-    assert after["out.weight"].abs().max() <= bound and after["out.weight"].std() > bound / 4
+    # the authors' re-initialization: N(0, 1) weights and bias (their randn_like)
+    assert 0.7 < float(after["out.weight"].std()) < 1.3 and after["out.weight"].abs().max() > 1.5
     # the same seed gives the same layer (every DDP rank draws identical weights)
     other = FlowHead(32, 64)
     other.reactivate(torch.Generator().manual_seed(1))
     assert torch.equal(other.out.weight, head.out.weight)
+    other.reactivate(torch.Generator().manual_seed(1), init="linear_default")  # nn.Linear's init, as an option
+    bound = 1 / 64 ** 0.5
+    assert other.out.weight.abs().max() <= bound and other.out.weight.std() > bound / 4
 
 
 def test_temperature_schedules_follow_the_settings():
@@ -252,9 +255,23 @@ def test_image_reward_on_a_tiny_diffusers_pipeline_and_pack_rewards(tmp_path, re
     reward = ImageReward(render, aesthetic, clip, threshold=0.28, clip_weight=20.0)
     prompts, rewrites = ["a cat", "a cat"], ["a cat, detailed painting", "a cat at night"]
     parts = reward.parts(prompts, rewrites)
-    images, plain = render(rewrites), render(["a cat"])
+    images = render(rewrites)
     assert images.shape == (2, 3, 32, 32) and torch.equal(render(rewrites), images)  # same seed, same images
-    gain = aesthetic(images, rewrites) - aesthetic(plain, ["a cat"])
-    relevance = (20 * (clip(images, prompts).clamp_min(0) - 0.28)).clamp_max(0)
+    # the authors' defaults: x is the templated text (img(x) and CLIP), rewrites get their own noise
+    x = "a cat Rephrase:\n"
+    plain = render([x])
+    gain = aesthetic(images, rewrites) - aesthetic(plain, [x])
+    relevance = (20 * (clip(images, [x, x]).clamp_min(0) - 0.28)).clamp_max(0)
     torch.testing.assert_close(parts["task"], gain + relevance, atol=1e-5, rtol=0)
     assert parts["task"][0] != parts["task"][1]
+    same = render(["a cat at night", "a cat at night"])  # one draw per batch: each row its own noise slice
+    assert not torch.equal(same[0], same[1])
+    # the options: the paper's bare prompt, and the same noise for every rewrite
+    per_prompt = DiffusersRenderer(pipe, steps=2, size=32, noise="per_prompt")
+    same = per_prompt(["a cat at night", "a cat at night"])
+    assert torch.equal(same[0], same[1])
+    paper = ImageReward(per_prompt, aesthetic, clip, threshold=0.28, clip_weight=20.0, plain_text="prompt")
+    images = per_prompt(rewrites)
+    gain = aesthetic(images, rewrites) - aesthetic(per_prompt(["a cat"]), ["a cat"])
+    relevance = (20 * (clip(images, prompts).clamp_min(0) - 0.28)).clamp_max(0)
+    torch.testing.assert_close(paper(prompts, rewrites), gain + relevance, atol=1e-5, rtol=0)

@@ -10,6 +10,9 @@ import torch
 from torch import nn
 
 
+REACTIVATION_INITS = ("normal", "linear_default")
+
+
 class FlowHead(nn.Module):
     def __init__(self, dim: int, hidden: int = 256):
         super().__init__()
@@ -34,11 +37,17 @@ class FlowHead(nn.Module):
         return self.out(self.features(state, prompt)).squeeze(-1)
 
     @torch.no_grad()
-    def reactivate(self, generator: torch.Generator | None = None) -> None:
-        """Flow reactivation: re-initialize the last layer only (nn.Linear's default init), so that
-        neurons the old output weights had silenced can learn again; the policy is untouched. A seeded
-        generator gives every DDP rank the same new weights."""
-        bound = 1.0 / self.out.in_features ** 0.5  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    def reactivate(self, generator: torch.Generator | None = None, init: str = "normal") -> None:
+        """Flow reactivation: re-initialize the last layer only, so that neurons the old output weights had
+        silenced can learn again; the policy is untouched. init "normal": N(0, 1) weights and bias, as the
+        authors' code (`randn_like`); "linear_default": nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in)). A
+        seeded generator gives every DDP rank the same new weights."""
+        if init not in REACTIVATION_INITS:
+            raise ValueError(f"init must be one of {REACTIVATION_INITS}; got {init!r}")
+        bound = 1.0 / self.out.in_features ** 0.5
         for p in (self.out.weight, self.out.bias):
-            fresh = torch.rand(p.shape, generator=generator, dtype=torch.float32) * 2 * bound - bound
+            if init == "normal":
+                fresh = torch.randn(p.shape, generator=generator, dtype=torch.float32)
+            else:
+                fresh = torch.rand(p.shape, generator=generator, dtype=torch.float32) * 2 * bound - bound
             p.copy_(fresh.to(p.device, p.dtype))

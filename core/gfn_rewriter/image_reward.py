@@ -6,6 +6,12 @@ aes: an aesthetic reward (LAION aesthetic predictor in the paper); CLIP: a relev
 against the ORIGINAL prompt x, clipped at 0 below and not rewarded above the threshold (0.28, weight
 20). Images: a diffusers text-to-image pipeline from local weights (paper: SD 1.4, 20 DPM-Solver
 steps, CFG 7.5, one fixed seed), averaged over images_per_prompt. aes(img(x)) is cached per prompt.
+
+As the authors' code (dbsxodud-11/PAG gfn_trainer.py get_logreward) by default: x is the text the policy
+reads, the template applied ("a cat Rephrase:\n"), both for img(x) and for CLIP (`plain_text="template"`;
+"prompt" = the paper's text, the bare prompt); and a step's rewrites are rendered in batches of 16 from
+one generator seeded per batch, so each rewrite gets its own noise (`noise="per_batch"`; "per_prompt" =
+the same noise for every rewrite). img(x) is one image from the seed.
 """
 from __future__ import annotations
 
@@ -35,21 +41,30 @@ def load_pipeline(folder: str | Path, device: torch.device | str = "cpu", dtype:
     return pipe.to(device)
 
 
+NOISE_MODES = ("per_batch", "per_prompt")
+PLAIN_TEXTS = ("template", "prompt")
+
+
 class DiffusersRenderer:
-    """prompts -> images (B*k, 3, H, W) in [0, 1]; the same seed for every prompt, as the authors do."""
+    """prompts -> images (B*k, 3, H, W) in [0, 1]. noise "per_batch" (the authors' training): batches of
+    `batch_size` prompts, one generator seeded with `seed` per batch, so prompt i of a batch gets the i-th
+    slice of one draw; "per_prompt": one generator per prompt, every prompt the same noise."""
 
     def __init__(self, pipeline, steps: int = 20, cfg: float = 7.5, seed: int = 42, images_per_prompt: int = 1,
-                 size: int | None = None):
+                 size: int | None = None, noise: str = "per_batch", batch_size: int = 16):
+        if noise not in NOISE_MODES:
+            raise ValueError(f"noise must be one of {NOISE_MODES}; got {noise!r}")
         self.pipeline, self.steps, self.cfg, self.seed = pipeline, steps, cfg, seed
-        self.images_per_prompt, self.size = images_per_prompt, size
+        self.images_per_prompt, self.size, self.noise, self.batch_size = images_per_prompt, size, noise, batch_size
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        step = 1 if self.noise == "per_prompt" else self.batch_size
         out = []
-        for prompt in prompts:  # one generator per prompt: a prompt's images do not depend on its batch
+        for i in range(0, len(prompts), step):
             generator = torch.Generator(self.pipeline.device).manual_seed(self.seed)
             kw = {"height": self.size, "width": self.size} if self.size else {}
-            images = self.pipeline(prompt, num_inference_steps=self.steps, guidance_scale=self.cfg,
+            images = self.pipeline(list(prompts[i:i + step]), num_inference_steps=self.steps, guidance_scale=self.cfg,
                                    num_images_per_prompt=self.images_per_prompt, generator=generator,
                                    output_type="pt", **kw).images
             out.append(images.float().clamp(0, 1))
@@ -60,10 +75,17 @@ class ImageReward:
     """Task reward c(x, y) from rendered images (see the module docstring)."""
 
     def __init__(self, render, aesthetic: Reward, relevance: Reward, threshold: float = 0.28,
-                 clip_weight: float = 20.0):
+                 clip_weight: float = 20.0, plain_text: str = "template", template: str = "{prompt} Rephrase:\n"):
+        if plain_text not in PLAIN_TEXTS:
+            raise ValueError(f"plain_text must be one of {PLAIN_TEXTS}; got {plain_text!r}")
         self.render, self.aesthetic, self.relevance = render, aesthetic, relevance
         self.threshold, self.clip_weight = threshold, clip_weight
+        self.plain_text, self.template = plain_text, template
         self._plain: dict[str, float] = {}
+
+    def text_of(self, prompt: str) -> str:
+        """What stands for x in img(x) and CLIP(img(y), x)."""
+        return self.template.format(prompt=prompt.strip()) if self.plain_text == "template" else prompt
 
     def _per_prompt(self, scores: torch.Tensor, count: int) -> torch.Tensor:
         return scores.float().cpu().reshape(count, -1).mean(1)
@@ -71,15 +93,13 @@ class ImageReward:
     @torch.no_grad()
     def parts(self, prompts: Sequence[str], rewrites: Sequence[str]) -> dict[str, torch.Tensor]:
         missing = sorted({p for p in prompts if p not in self._plain})
-        if missing:
-            plain = self.render(missing)
-            k = plain.shape[0] // len(missing)
-            aes = self._per_prompt(self.aesthetic(plain, [p for p in missing for _ in range(k)]), len(missing))
-            self._plain.update({p: float(a) for p, a in zip(missing, aes)})
+        for p in missing:  # one at a time: img(x) comes from the seed's first draw, as the authors' batch of one
+            plain = self.render([self.text_of(p)])
+            self._plain[p] = float(self.aesthetic(plain, [self.text_of(p)] * plain.shape[0]).float().mean())
         images = self.render(rewrites)
         k = images.shape[0] // len(rewrites)
         aes = self._per_prompt(self.aesthetic(images, [r for r in rewrites for _ in range(k)]), len(rewrites))
-        clip = self.relevance(images, [p for p in prompts for _ in range(k)]).float().cpu().clamp_min(0)
+        clip = self.relevance(images, [self.text_of(p) for p in prompts for _ in range(k)]).float().cpu().clamp_min(0)
         relevance = (self.clip_weight * (clip - self.threshold)).clamp_max(0)
         relevance = self._per_prompt(relevance, len(rewrites))
         aes_gain = aes - torch.tensor([self._plain[p] for p in prompts])

@@ -49,6 +49,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     ap.add_argument("--template", default=DEFAULT_TEMPLATE)
     ap.add_argument("--flow-hidden", type=int, default=d.flow_hidden)
+    ap.add_argument("--flow-reset-init", choices=["normal", "linear_default"], default=d.flow_reset_init,
+                    help="re-initialization of the flow head's last layer: N(0, 1) (the authors' code) or nn.Linear's")
+    ap.add_argument("--prompt-summary", choices=["mean", "sum_without_last"], default=d.prompt_summary,
+                    help="the flow head's prompt input: mean of the prompt's states, or the authors' code's sum "
+                         "without the last token (benchmarks/fl_db_toy.md)")
+    ap.add_argument("--dropout", action="store_true",
+                    help="train with the policy's dropout on, as the authors' code (model.train())")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--reward", choices=["image", "target_words"], default="image")
@@ -67,6 +74,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--image-seed", type=int, default=42)
     g.add_argument("--images-per-prompt", type=int, default=1)
     g.add_argument("--image-size", type=int, default=None)
+    g.add_argument("--image-noise", choices=["per_batch", "per_prompt"], default="per_batch",
+                   help="per_batch (the authors' code): the step's rewrites rendered 16 at a time from one seeded "
+                        "generator, each its own noise; per_prompt: the same noise for every rewrite")
+    g.add_argument("--plain-text", choices=["template", "prompt"], default="template",
+                   help="x in aes(img(x)) and CLIP(img(y), x): the templated text the policy reads (the authors' "
+                        "code) or the bare prompt (the paper's text)")
     return ap.parse_args(argv)
 
 
@@ -81,10 +94,11 @@ def build_reward(args, device):
     if missing:
         raise SystemExit(f"--reward image needs --{' --'.join(missing)}")
     render = DiffusersRenderer(load_pipeline(args.pipeline, device), args.image_steps, args.cfg, args.image_seed,
-                               args.images_per_prompt, args.image_size)
+                               args.images_per_prompt, args.image_size, noise=args.image_noise)
     aesthetic = load_reward(args.aesthetic_family, args.aesthetic, backbone_path=args.aesthetic_backbone, device=device)
     relevance = load_reward(args.relevance_family, args.relevance, device=device)
-    return ImageReward(render, aesthetic, relevance, args.threshold, args.clip_weight)
+    return ImageReward(render, aesthetic, relevance, args.threshold, args.clip_weight, plain_text=args.plain_text,
+                       template=args.template)
 
 
 def config_from(args) -> TrainConfig:
@@ -95,7 +109,9 @@ def config_from(args) -> TrainConfig:
                        exploration_temperature=(et[0], et[1], int(et[2])), replay_ratio=args.replay_ratio,
                        buffer_size=args.buffer_size, flow_reset_period=args.flow_reset_period,
                        min_new_tokens=args.min_new_tokens, max_new_tokens=args.max_new_tokens,
-                       template=args.template, flow_hidden=args.flow_hidden, seed=args.seed)
+                       template=args.template, flow_hidden=args.flow_hidden, seed=args.seed,
+                       flow_reset_init=args.flow_reset_init, prompt_summary=args.prompt_summary,
+                       dropout=args.dropout)
 
 
 def main(argv=None) -> None:

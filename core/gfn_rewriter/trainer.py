@@ -39,6 +39,7 @@ class TrainConfig:
     replay_ratio: float = 0.5
     buffer_size: int = 5_000
     flow_reset_period: int = 2_000  # 0: no flow reactivation
+    flow_reset_init: str = "normal"  # N(0, 1) as the authors' code; "linear_default": nn.Linear's init
     min_new_tokens: int = 15
     max_new_tokens: int = 75
     template: str = trajectories.DEFAULT_TEMPLATE
@@ -151,7 +152,7 @@ class Trainer:
         self.step += 1
         if self.flow is not None and cfg.flow_reset_period and self.step % cfg.flow_reset_period == 0:
             # seeded by the step: every rank draws the same new layer
-            self.flow_head.reactivate(torch.Generator().manual_seed(cfg.seed * 7919 + self.step))
+            self.flow_head.reactivate(torch.Generator().manual_seed(cfg.seed * 7919 + self.step), cfg.flow_reset_init)
             metrics["flow_reactivated"] = 1.0
         metrics.update({"step": self.step, "loss": float(loss.detach()), "on_policy": float(on_policy),
                         "reward": float(task.mean()), "log_reward": float(log_reward.total.mean()),

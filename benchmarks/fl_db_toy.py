@@ -39,7 +39,7 @@ REPORT = ROOT / "benchmarks" / "fl_db_toy.md"
 PROMPTS = ["a cat", "a dog on a river", "the old house"]  # as the toy test
 TOY = TrainConfig(samples_per_step=16, flow_lr=1e-2, beta=0.02, reward_temperature=(1.0, 1.0, 0),
                   exploration_temperature=(1.0, 1.0, 0), min_new_tokens=4, max_new_tokens=8, flow_reset_period=0,
-                  flow_hidden=256, policy_lr=3e-3)
+                  flow_hidden=256, policy_lr=3e-3, prompt_summary="mean", dropout=False)  # the toy test's
 
 
 class OracleFlow(torch.nn.Module):
@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPORT)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
     folder = prompt_rewriters_dir() / NAMES["policy"]
     start = time.time()
     rows = []
@@ -150,8 +152,6 @@ def main() -> None:
         rows.append((label, results))
         print(label, [(round(r["final"]["reward"], 3), round(r["final"]["diversity"], 3), r["reached"])
                       for r in results], flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     lines = ["# FL-DB on the toy: variants against trajectory balance", "",

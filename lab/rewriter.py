@@ -150,7 +150,7 @@ def train_config(objective: str, steps: int, lr: float, seed: int, beta: float):
     return TrainConfig(objective=objective, steps=steps, samples_per_step=16, policy_lr=lr, flow_lr=1e-2,
                        beta=beta, reward_temperature=(1.0, 1.0, 0), exploration_temperature=(1.0, 1.0, 0),
                        min_new_tokens=MIN_NEW, max_new_tokens=MAX_NEW, flow_reset_period=0, flow_hidden=128,
-                       template=TEMPLATE, seed=seed)
+                       template=TEMPLATE, seed=seed, prompt_summary="mean", dropout=False)  # as trained
 
 
 def save_policy(policy, tokenizer, folder: Path) -> None:

@@ -102,9 +102,13 @@ def test_temperature_schedules_follow_the_settings():
     explore = LinearSchedule(2.0, 0.5, 5000)
     assert explore(1000) == pytest.approx(1.7) and explore(5000) == 0.5
     assert LinearSchedule(3.0, 1.0, 0)(0) == 1.0
-    trainer_defaults = TrainConfig()
+    trainer_defaults = TrainConfig()  # the authors' released trainer (PAG main.py, README command)
     assert trainer_defaults.reward_temperature == (2.0, 1.0, 500)
     assert trainer_defaults.exploration_temperature == (2.0, 0.5, 5000)
+    assert (trainer_defaults.objective, trainer_defaults.beta, trainer_defaults.gamma, trainer_defaults.policy_lr,
+            trainer_defaults.flow_lr, trainer_defaults.flow_reset_period, trainer_defaults.flow_reset_init,
+            trainer_defaults.prompt_summary, trainer_defaults.dropout, trainer_defaults.samples_per_step) == \
+        ("fl_db", 0.05, 1.0, 1e-5, 1e-4, 2000, "normal", "sum_without_last", True, 16)
 
 
 def test_bad_policy_folders_get_one_clear_message(folders):
@@ -133,7 +137,7 @@ def test_seeded_rewrites_repeat_and_beam_search_gives_distinct_rewrites(policy):
 
 TOY = dict(samples_per_step=16, flow_lr=1e-2, beta=0.02, reward_temperature=(1.0, 1.0, 0),
            exploration_temperature=(1.0, 1.0, 0), min_new_tokens=4, max_new_tokens=8, flow_reset_period=0,
-           flow_hidden=256)
+           flow_hidden=256, prompt_summary="mean", dropout=False)
 TOY_SEEDS = (0, 1, 2)
 
 

@@ -54,8 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--prompt-summary", choices=["mean", "sum_without_last"], default=d.prompt_summary,
                     help="the flow head's prompt input: mean of the prompt's states, or the authors' code's sum "
                          "without the last token (benchmarks/fl_db_toy.md)")
-    ap.add_argument("--dropout", action="store_true",
-                    help="train with the policy's dropout on, as the authors' code (model.train())")
+    ap.add_argument("--no-dropout", dest="dropout", action="store_false",
+                    help="train with the policy's dropout off (default on, as the authors' code: model.train())")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--reward", choices=["image", "target_words"], default="image")

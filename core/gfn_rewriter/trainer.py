@@ -3,7 +3,8 @@
 Each step takes one prompt's group of rewrites: on-policy (sampled at the exploration temperature)
 or, with probability replay_ratio once the buffer has groups, a group replayed with probability
 ∝ exp(log R). The reference log-likelihood is recomputed for every group (cheap: one forward pass);
-the task reward is computed once, when a rewrite is first sampled. Defaults are the paper's.
+the task reward is computed once, when a rewrite is first sampled. Defaults are the authors' released
+trainer's (dbsxodud-11/PAG: main.py and the README's command).
 """
 from __future__ import annotations
 
@@ -44,8 +45,10 @@ class TrainConfig:
     max_new_tokens: int = 75
     template: str = trajectories.DEFAULT_TEMPLATE
     flow_hidden: int = 256
-    prompt_summary: str = "mean"  # the flow head's prompt input; the authors' code: "sum_without_last"
-    dropout: bool = False  # True: the policy in train mode (its dropout on), as the authors' code trains
+    # the flow head's prompt input, as the authors' code: the sum of the prompt's states without its last token
+    # ("mean": their mean over all prompt tokens)
+    prompt_summary: str = "sum_without_last"
+    dropout: bool = True  # the policy in train mode (its dropout on), as the authors' code trains; False: off
     seed: int = 0
     extra: dict = field(default_factory=dict)  # free-form notes saved with checkpoints
 
@@ -74,7 +77,8 @@ class Trainer:
         self.eos = tokenizer.eos_token_id
         self.device = policy.get_input_embeddings().weight.device
         self.reference = reference.eval().requires_grad_(False)
-        # no dropout by default: the loss then scores actions with the distribution that sampled them
+        # dropout on, as the authors' code; off (dropout=False), the loss scores actions with the distribution that
+        # sampled them
         policy.train(config.dropout)
         torch.manual_seed(config.seed)  # the same flow head on every rank
         self.policy = wrap(policy)

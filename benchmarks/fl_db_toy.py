@@ -11,8 +11,9 @@ text diversity after the given steps, and the step at which the evaluated reward
 
 Rows: trajectory balance; FL-DB as the pack trains it; FL-DB with the authors' flow-head prompt input (sum
 of the prompt's states without its last token, their gfn_trainer.py); FL-DB with the policy's dropout on
-(their trainer calls model.train()); FL-DB with the flow head trained 10x faster; FL-DB whose flow head
-also reads the (non-detached) policy states; FL-DB with an oracle baseline: log F(s_t) is fixed to the
+(their trainer calls model.train()); FL-DB with the flow head trained 10x faster; FL-DB whose flow loss
+also trains the policy states the flow head reads (`detach_flow_input=False`, the trainer's
+`--flow-trains-policy-states`); FL-DB with an oracle baseline: log F(s_t) is fixed to the
 reward of the prefix so far (the share of style words among the tokens already written, / beta), i.e. a
 flow function that already knows the reward's structure.
 """
@@ -64,34 +65,13 @@ def make_trainer(folder: Path, config: TrainConfig, variant: str) -> Trainer:
     model, tok = load_policy(folder)
     reference, _ = load_policy(folder)
     trainer = Trainer(config, model, reference, tok, TargetWords(STYLE), PROMPTS)
-    if variant == "non-detached states":
-        original_score = trainer_module.trajectories.score
-
-        def score(model, traj, eos, min_new, hidden=True, prompt_summary="mean"):
-            scored = original_score(model, traj, eos, min_new, hidden=False)
-            if not hidden:
-                return scored
-            P, T = traj.prompt_ids.numel(), traj.actions.shape[1]
-            ids = torch.cat([traj.prompt_ids.unsqueeze(0).expand(len(traj.actions), -1), traj.actions], 1)
-            last = model(input_ids=ids, output_hidden_states=True).hidden_states[-1].float()
-            scored.state_hidden, scored.prompt_hidden = last[:, P - 1:P - 1 + T], last[:, :P].mean(1)
-            return scored
-
-        trainer._score = score
     if variant == "oracle flow":
         trainer.flow = OracleFlow(trainer)
     return trainer
 
 
 def train_step(trainer: Trainer, variant: str) -> None:
-    if variant == "non-detached states":
-        saved = trainer_module.trajectories.score
-        trainer_module.trajectories.score = trainer._score
-        try:
-            trainer.train_step()
-        finally:
-            trainer_module.trajectories.score = saved
-    elif variant == "oracle flow":
+    if variant == "oracle flow":
         saved = trainer_module.trajectories.score
 
         def score(model, traj, *a, **k):
@@ -113,7 +93,7 @@ VARIANTS = {
     "FL-DB, authors' flow prompt input": ("fl_db", {"prompt_summary": "sum_without_last"}),
     "FL-DB, dropout on": ("fl_db", {"dropout": True}),
     "FL-DB, flow lr x10": ("fl_db", {"flow_lr": 1e-1}),
-    "FL-DB, non-detached states": ("fl_db", {}),
+    "FL-DB, flow trains the policy's states": ("fl_db", {"detach_flow_input": False}),
     "FL-DB, oracle flow": ("fl_db", {}),
 }
 

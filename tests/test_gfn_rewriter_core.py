@@ -96,6 +96,24 @@ def test_flow_reactivation_changes_only_the_last_layer():
     assert other.out.weight.abs().max() <= bound and other.out.weight.std() > bound / 4
 
 
+def test_flow_head_inputs_follow_the_settings(policy):
+    """The prompt summary (the authors' sum without the last prompt token, or the mean) and whether the flow
+    loss reaches the policy's states (detached by default, as the authors)."""
+    model, tok = policy
+    prompt = trajectories.encode_prompt(tok, "a cat")
+    traj = trajectories.sample(model, prompt, 2, tok.eos_token_id, 4, 2, generator=torch.Generator().manual_seed(0))
+    last = model(torch.tensor([prompt]), output_hidden_states=True).hidden_states[-1][0].detach()
+    authors = trajectories.score(model, traj, tok.eos_token_id, 2, prompt_summary="sum_without_last")
+    torch.testing.assert_close(authors.prompt_hidden[0], last[:-1].sum(0), rtol=1e-5, atol=1e-5)
+    mean = trajectories.score(model, traj, tok.eos_token_id, 2, prompt_summary="mean")
+    torch.testing.assert_close(mean.prompt_hidden[0], last.mean(0), rtol=1e-5, atol=1e-5)
+    assert not authors.state_hidden.requires_grad
+    attached = trajectories.score(model, traj, tok.eos_token_id, 2, detach_hidden=False)
+    assert attached.state_hidden.requires_grad and attached.prompt_hidden.requires_grad
+    with pytest.raises(ValueError, match="prompt_summary"):
+        trajectories.score(model, traj, tok.eos_token_id, 2, prompt_summary="max")
+
+
 def test_temperature_schedules_follow_the_settings():
     reward = LinearSchedule(2.0, 1.0, 500)
     assert [reward(s) for s in (0, 250, 500, 10_000)] == [2.0, 1.5, 1.0, 1.0]

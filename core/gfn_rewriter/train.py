@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--prompt-summary", choices=["mean", "sum_without_last"], default=d.prompt_summary,
                     help="the flow head's prompt input: mean of the prompt's states, or the authors' code's sum "
                          "without the last token (benchmarks/fl_db_toy.md)")
+    ap.add_argument("--flow-trains-policy-states", dest="detach_flow_input", action="store_false",
+                    help="let the flow loss shape the policy's hidden states the flow head reads (default: detached, "
+                         "as the authors' code); FL-DB on small policies needs it (benchmarks/fl_db_toy.md)")
     ap.add_argument("--no-dropout", dest="dropout", action="store_false",
                     help="train with the policy's dropout off (default on, as the authors' code: model.train())")
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -111,7 +114,7 @@ def config_from(args) -> TrainConfig:
                        min_new_tokens=args.min_new_tokens, max_new_tokens=args.max_new_tokens,
                        template=args.template, flow_hidden=args.flow_hidden, seed=args.seed,
                        flow_reset_init=args.flow_reset_init, prompt_summary=args.prompt_summary,
-                       dropout=args.dropout)
+                       dropout=args.dropout, detach_flow_input=args.detach_flow_input)
 
 
 def main(argv=None) -> None:

@@ -49,6 +49,9 @@ class TrainConfig:
     # ("mean": their mean over all prompt tokens)
     prompt_summary: str = "sum_without_last"
     dropout: bool = True  # the policy in train mode (its dropout on), as the authors' code trains; False: off
+    # the flow head reads detached policy states (the authors'); False: the flow loss also shapes those states,
+    # which FL-DB needs when a small policy's states do not carry the reward to go (benchmarks/fl_db_toy.md)
+    detach_flow_input: bool = True
     seed: int = 0
     extra: dict = field(default_factory=dict)  # free-form notes saved with checkpoints
 
@@ -130,7 +133,8 @@ class Trainer:
         if on_policy:
             self.buffer.add(traj, task, log_reward.total)
         scored = trajectories.score(self.policy, traj, self.eos, cfg.min_new_tokens,
-                                    hidden=cfg.objective != "reward_max", prompt_summary=cfg.prompt_summary)
+                                    hidden=cfg.objective != "reward_max", prompt_summary=cfg.prompt_summary,
+                                    detach_hidden=cfg.detach_flow_input)
         mask = traj.mask.to(self.device)
         metrics = {}
         if cfg.objective == "fl_db":

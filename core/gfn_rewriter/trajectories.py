@@ -105,10 +105,11 @@ PROMPT_SUMMARIES = ("mean", "sum_without_last")
 
 
 def score(model, traj: Trajectories, eos_id: int, min_new_tokens: int = 0, hidden: bool = True,
-          prompt_summary: str = "mean") -> Scored:
+          prompt_summary: str = "mean", detach_hidden: bool = True) -> Scored:
     """Teacher-forced log P(a_t | s_t) of the taken actions (with gradient if enabled). `prompt_summary`: the
     flow head's prompt input, the mean of the prompt's last-layer states, or (the authors' code) their sum
-    without the prompt's last token."""
+    without the prompt's last token. `detach_hidden` False: the hidden states keep their graph, so a loss
+    on the flow head also trains the policy's states."""
     device = model.get_input_embeddings().weight.device if not hasattr(model, "module") else \
         model.module.get_input_embeddings().weight.device
     n, T = traj.actions.shape
@@ -123,7 +124,9 @@ def score(model, traj: Trajectories, eos_id: int, min_new_tokens: int = 0, hidde
     log_probs = torch.where(mask, log_probs, torch.zeros_like(log_probs))
     if not hidden:
         return Scored(log_probs, None, None)
-    last = out.hidden_states[-1].detach().float()
+    last = out.hidden_states[-1].float()
+    if detach_hidden:
+        last = last.detach()
     if prompt_summary == "mean":
         summary = last[:, :P].mean(1)
     elif prompt_summary == "sum_without_last":

@@ -6,7 +6,8 @@ From the committed reference rewriter (lab/weights/rewriters/lab_rewriter_refere
 rewriter fine-tuning (lab/rewriter.py's train_config: lr 1e-3, beta 0.05, 16 rewrites a step, 3 to 12 new
 tokens, the lab reward of the image drawn from each rewrite) with trajectory balance (the lab's GFlowNet
 row), FL-DB as the authors train it (the flow head reads detached policy states), and FL-DB whose flow
-loss also trains those states (`detach_flow_input=False`). The reward and text diversity of 16 fresh
+loss also trains those states (`detach_flow_input=False`), and FL-DB whose flow head first trains alone
+for 200 steps (policy learning rate 0; the curve counts policy steps). The reward and text diversity of 16 fresh
 rewrites per prompt (temperature 1, fixed seed) every 50 steps. One thread. Writes
 benchmarks/lab_fl_db.md.
 """
@@ -24,8 +25,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "benchmarks" / "lab_fl_db.md"
-ARMS = {"trajectory balance": ("tb", True), "FL-DB (flow reads detached states)": ("fl_db", True),
-        "FL-DB (flow loss trains the states)": ("fl_db", False)}
+# arm: (objective, flow head reads detached states, flow warm-up steps with the policy frozen)
+ARMS = {"trajectory balance": ("tb", True, 0), "FL-DB (flow reads detached states)": ("fl_db", True, 0),
+        "FL-DB (flow loss trains the states)": ("fl_db", False, 0),
+        "FL-DB (detached, 200 flow-only steps first)": ("fl_db", True, 200)}
 
 
 def main() -> None:
@@ -49,10 +52,17 @@ def main() -> None:
     reference, tokenizer = load_policy(ROOT / "lab" / "weights" / "rewriters" / NAMES["reference"])
     reward = LabRelevance(LDM_FILE, lab_reward_folder())
     rows = []
-    for label, (objective, detach) in ARMS.items():
+    for label, (objective, detach, warm_up) in ARMS.items():
         for seed in args.seeds:
             config = replace(train_config(objective, args.steps, 1e-3, seed, 0.05), detach_flow_input=detach)
             trainer = Trainer(config, copy.deepcopy(reference), copy.deepcopy(reference), tokenizer, reward, PROMPTS)
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = 0.0
+            for _ in range(warm_up):  # the flow head alone (the policy's optimizer steps with lr 0)
+                trainer.train_step()
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = config.policy_lr
+            trainer.step = 0  # schedules and the curve count policy steps
             curve = [(0, trainer.evaluate())]
             while trainer.step < args.steps:
                 trainer.train_step()

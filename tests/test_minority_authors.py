@@ -41,6 +41,14 @@ import pytest
 import torch
 
 FIXTURE = Path(__file__).parent / "fixtures" / "minority_authors"
+# The fixture recorded float32 draws of torch's vectorized normal sampler (AVX2 and AVX-512 give the same
+# bits): the fill rule's weights, ComfyUI's seeded noise and the pack's re-noise draws. Under the portable kernels
+# (ATEN_CPU_CAPABILITY=default, or a CPU without AVX2) torch draws other float32 values for the same seeds,
+# so ComfyUI's own images differ there and these numbers cannot be reproduced; the tests say so instead of
+# failing on a checksum.
+pytestmark = pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == "DEFAULT", reason=(
+    "the fixture's seeded float32 draws (weights, noise) come from torch's vectorized sampler; "
+    "the portable kernels draw other values"))
 FILL_RULE = Path(__file__).parent / "fixtures" / "authors_sd" / "fill_rule.py"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 SETTINGS = EXPECTED["settings"]

@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-dropout", dest="dropout", action="store_false",
                     help="train with the policy's dropout off (default on, as the authors' code: model.train())")
     ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (the authors': 100)")
     ap.add_argument("--reward", choices=["image", "target_words"], default="image")
     ap.add_argument("--target-words", default="", help="target_words reward: comma-separated words")
     g = ap.add_argument_group("image reward (pack reward models, diffusers pipeline; local files only)")

@@ -52,7 +52,7 @@ class TrainConfig:
     # the flow head reads detached policy states (the authors'); False: the flow loss also shapes those states,
     # which FL-DB needs when a small policy's states do not carry the reward to go (benchmarks/fl_db_toy.md)
     detach_flow_input: bool = True
-    seed: int = 0
+    seed: int = 42  # the authors' main.py
     extra: dict = field(default_factory=dict)  # free-form notes saved with checkpoints
 
     def __post_init__(self):

@@ -65,7 +65,7 @@ class GFlowNetRewriter(io.ComfyNode):
             description="Rewrites a prompt N times with a GFlowNet-trained language model (Yun et al., CVPR 2025), "
                         "which samples diverse, high-reward rewrites. The list output runs the downstream nodes once "
                         "per rewrite (e.g. CLIP Text Encode -> KSampler), giving a batch of different images. "
-                        "Train a policy with `python -m core.gfn_rewriter.train` (see the README).",
+                        "Train a policy with `python -m core.gfn_rewriter.train` (see docs/gfn_rewriter.md).",
             inputs=[
                 io.Combo.Input("policy", options=entries,
                                tooltip="A rewriter folder in ComfyUI/models/prompt_rewriters: " + LAYOUT + "."),

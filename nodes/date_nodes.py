@@ -1,10 +1,6 @@
 """DATE nodes: a GUIDER for SamplerCustomAdvanced, a KSampler-like node, and a text encode that keeps its text."""
 from __future__ import annotations
 
-import comfy.model_management as mm
-import comfy.sample
-import comfy.samplers
-import comfy.utils
 import latent_preview
 import node_helpers
 from comfy_api.latest import io
@@ -12,6 +8,7 @@ from comfy_api.latest import io
 from ..core.date import RULES, SCHEDULES, DateSettings, DateSettingsError, UpdateSchedule
 from .date_guider import DateGuider
 from .errors import NodeInputError, require_prompt
+from .ksampler_path import guider_inputs, ksampler_inputs, ksampler_sigmas, sample_like_ksampler
 from .model_family import model_family
 from .reward_nodes import RewardModel
 
@@ -131,10 +128,8 @@ class DateGuiderNode(io.ComfyNode):
                         "is measured on the decoded CFG x0 estimate and the token states follow its normalized "
                         "gradient; the negative never changes. Use with SamplerCustomAdvanced and any sampler "
                         "and sigmas.",
-            inputs=[io.Model.Input("model", tooltip=MODEL_HELP),
-                    io.Conditioning.Input("positive", tooltip=POSITIVE_HELP),
-                    io.Conditioning.Input("negative", tooltip=NEGATIVE_HELP),
-                    io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_HELP),
+            inputs=[*guider_inputs(model_help=MODEL_HELP, cfg_default=8.0, cfg_help=CFG_HELP,
+                                   positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP),
                     *_date_inputs()],
             outputs=[io.Guider.Output()],
         )
@@ -157,20 +152,9 @@ class DateSamplerNode(io.ComfyNode):
             description="KSampler with DATE: same inputs and the same noise as KSampler, plus the DATE settings "
                         "(see DATE Guider). Outputs the latent and a report of the reward at every update.",
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_HELP),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed (the same noise as KSampler with this seed)."),
-                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Sampling steps (paper: 50)."),
-                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_HELP),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
-                               tooltip="Any ComfyUI sampler (paper: DDIM)."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform",
-                               tooltip="Any ComfyUI scheduler (DDIM's own spacing: ddim_uniform)."),
-                io.Conditioning.Input("positive", tooltip=POSITIVE_HELP),
-                io.Conditioning.Input("negative", tooltip=NEGATIVE_HELP),
-                io.Latent.Input("latent_image", tooltip="The latent to denoise (Empty Latent Image for txt2img)."),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="As in KSampler: below 1 only the last part of the schedule runs."),
+                *ksampler_inputs(model_help=MODEL_HELP, seed_help="Noise seed (the same noise as KSampler with this seed).",
+                                 steps_help="Sampling steps (paper: 50).", cfg_default=8.0, cfg_help=CFG_HELP,
+                                 positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP),
                 *_date_inputs(),
             ],
             outputs=[io.Latent.Output(), io.String.Output(display_name="report")],
@@ -182,17 +166,9 @@ class DateSamplerNode(io.ComfyNode):
                 reward_prompt=None) -> io.NodeOutput:
         guider = build_guider(SAMPLER_NODE, model, positive, negative, cfg, vae, reward, rho, rule, schedule,
                               schedule_value, iterations, prior_weight, decode_scale, reward_prompt)
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
-                                         scheduler=scheduler, denoise=denoise, model_options=model.model_options).sigmas
+        sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
         callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
-        samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas,
-                                denoise_mask=latent_image.get("noise_mask"), callback=callback,
-                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        out = latent_image.copy()
-        out["samples"] = samples.to(mm.intermediate_device())
-        out.pop("downscale_ratio_spacial", None)
+        out = sample_like_ksampler(guider, model, seed, sampler_name, sigmas, latent_image, callback)
         return io.NodeOutput(out, guider.last_run.report(reward.label))
 
 

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import os
 
-import comfy.model_management as mm
-import comfy.sample
-import comfy.samplers
 import comfy.utils
 import folder_paths
 import latent_preview
@@ -22,6 +19,7 @@ from .date_nodes import PROMPT_TEXT_KEY
 from .errors import NodeInputError, require_prompt
 from .minority_guider import MinorityGuider, spec_of
 from .minority_token import SPEC_KEY, PlaceholderSpec, free_embedding_name, safe_embedding_name, single_token_word
+from .ksampler_path import guider_inputs, ksampler_inputs, ksampler_sigmas, sample_like_ksampler
 from .model_family import clip_family, model_family
 
 ENCODE_NODE = "MinorityPrompt Text Encode (Prompt Optim)"
@@ -188,10 +186,8 @@ class MinorityGuiderNode(io.ComfyNode):
                         "plain prompt (a low-likelihood direction), then the step is taken with CFG and that "
                         "token. Reaches rarer images that keep the prompt's meaning. Use with "
                         "SamplerCustomAdvanced and any sampler and sigmas.",
-            inputs=[io.Model.Input("model", tooltip=MODEL_HELP),
-                    io.Conditioning.Input("positive", tooltip=POSITIVE_HELP),
-                    io.Conditioning.Input("negative", tooltip=NEGATIVE_HELP),
-                    io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_HELP),
+            inputs=[*guider_inputs(model_help=MODEL_HELP, cfg_default=7.5, cfg_help=CFG_HELP,
+                                   positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP),
                     *_settings_inputs()],
             outputs=[io.Guider.Output()],
         )
@@ -233,20 +229,10 @@ class MinoritySamplerNode(io.ComfyNode):
                         "MinorityPrompt settings (see MinorityPrompt Guider). Outputs the latent, the learned "
                         "token (save it with 'Save MinorityPrompt Embedding') and a report.",
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_HELP),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed (the same noise as KSampler); also seeds the re-noise draws."),
-                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Sampling steps (paper: 50 DDIM)."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_HELP),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
-                               tooltip="Any ComfyUI sampler (paper: DDIM)."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform",
-                               tooltip="Any ComfyUI scheduler (DDIM's own spacing: ddim_uniform)."),
-                io.Conditioning.Input("positive", tooltip=POSITIVE_HELP),
-                io.Conditioning.Input("negative", tooltip=NEGATIVE_HELP),
-                io.Latent.Input("latent_image", tooltip="The latent to denoise (Empty Latent Image for txt2img)."),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="As in KSampler: below 1 only the last part of the schedule runs."),
+                *ksampler_inputs(model_help=MODEL_HELP,
+                                 seed_help="Noise seed (the same noise as KSampler); also seeds the re-noise draws.",
+                                 steps_help="Sampling steps (paper: 50 DDIM).", cfg_default=7.5, cfg_help=CFG_HELP,
+                                 positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP),
                 *_settings_inputs(),
             ],
             outputs=[io.Latent.Output(),
@@ -259,19 +245,11 @@ class MinoritySamplerNode(io.ComfyNode):
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 **settings) -> io.NodeOutput:
         guider = build_guider(SAMPLER_NODE, model, positive, negative, cfg, **settings)
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
-                                         scheduler=scheduler, denoise=denoise, model_options=model.model_options).sigmas
+        sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
         n_steps = sigmas.shape[-1] - 1
         progress = _UnifiedProgress(model, n_steps, len(guider.settings.steps(n_steps)) * guider.settings.iterations)
         guider.on_iteration = progress.inner
-        samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas,
-                                denoise_mask=latent_image.get("noise_mask"), callback=progress.sampler,
-                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        out = latent_image.copy()
-        out["samples"] = samples.to(mm.intermediate_device())
-        out.pop("downscale_ratio_spacial", None)
+        out = sample_like_ksampler(guider, model, seed, sampler_name, sigmas, latent_image, progress.sampler)
         return io.NodeOutput(out, guider.last_run.token, guider.last_run.report())
 
 

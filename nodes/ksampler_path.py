@@ -1,0 +1,68 @@
+"""The convenience samplers' one path: KSampler's inputs, noise and sigmas, then a method's GUIDER (and the
+guider nodes' CFGGuider-like inputs).
+
+DATE KSampler and MinorityPrompt KSampler are core KSampler with a guider in place of CFGGuider: the
+same inputs (so a user swaps one for the other), the same noise for a seed (comfy.sample.prepare_noise,
+batch_index honoured) and the same sigmas (comfy.samplers.KSampler with denoise), the latent's noise
+mask passed on, and the output latent as KSampler returns it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+from comfy_api.latest import io
+
+LATENT_HELP = "The latent to denoise (Empty Latent Image for txt2img)."
+DENOISE_HELP = "As in KSampler: below 1 only the last part of the schedule runs."
+
+
+def guider_inputs(*, model_help: str, cfg_default: float, cfg_help: str, positive_help: str,
+                  negative_help: str) -> list:
+    """A method guider's first inputs, as CFGGuider's: model, positive, negative, cfg."""
+    return [io.Model.Input("model", tooltip=model_help),
+            io.Conditioning.Input("positive", tooltip=positive_help),
+            io.Conditioning.Input("negative", tooltip=negative_help),
+            io.Float.Input("cfg", default=cfg_default, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=cfg_help)]
+
+
+def ksampler_inputs(*, model_help: str, seed_help: str, steps_help: str, cfg_default: float, cfg_help: str,
+                    positive_help: str, negative_help: str) -> list:
+    """KSampler's inputs in KSampler's order, with the method's defaults and tooltips."""
+    return [
+        io.Model.Input("model", tooltip=model_help),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=seed_help),
+        io.Int.Input("steps", default=50, min=1, max=10000, tooltip=steps_help),
+        io.Float.Input("cfg", default=cfg_default, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=cfg_help),
+        io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
+                       tooltip="Any ComfyUI sampler (paper: DDIM)."),
+        io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform",
+                       tooltip="Any ComfyUI scheduler (DDIM's own spacing: ddim_uniform)."),
+        io.Conditioning.Input("positive", tooltip=positive_help),
+        io.Conditioning.Input("negative", tooltip=negative_help),
+        io.Latent.Input("latent_image", tooltip=LATENT_HELP),
+        io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=DENOISE_HELP),
+    ]
+
+
+def ksampler_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise: float):
+    """The sigmas KSampler would run for these settings."""
+    return comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                   scheduler=scheduler, denoise=denoise, model_options=model.model_options).sigmas
+
+
+def sample_like_ksampler(guider, model, seed: int, sampler_name: str, sigmas, latent_image: dict,
+                         callback: Callable) -> dict:
+    """Run `guider` on KSampler's noise for `seed`; the output latent as KSampler returns it."""
+    latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+    noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+    samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas,
+                            denoise_mask=latent_image.get("noise_mask"), callback=callback,
+                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    out = latent_image.copy()
+    out["samples"] = samples.to(mm.intermediate_device())
+    out.pop("downscale_ratio_spacial", None)
+    return out

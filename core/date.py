@@ -20,12 +20,14 @@ from typing import Callable, Sequence
 
 import torch
 
+from .settings_error import SettingsError
+
 RULES = ("cumulative", "paper")
 SCHEDULES = ("every_k_steps", "percent_of_steps", "step_list", "sigma_range")
 
 
-class DateSettingsError(ValueError):
-    """A setting out of range; the message names the setting."""
+class DateSettingsError(SettingsError):
+    """A setting out of range; the message names the setting and `field` holds its name."""
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,13 @@ class DateSettings:
 
     def __post_init__(self):
         if not (math.isfinite(self.rho) and self.rho > 0):
-            raise DateSettingsError(f"rho must be a positive number; got {self.rho}.")
+            raise DateSettingsError(f"rho must be a positive number; got {self.rho}.", "rho")
         if self.rule not in RULES:
-            raise DateSettingsError(f"rule must be one of {RULES}; got {self.rule!r}.")
+            raise DateSettingsError(f"rule must be one of {RULES}; got {self.rule!r}.", "rule")
         if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
-            raise DateSettingsError(f"prior_weight must be >= 0; got {self.prior_weight}.")
+            raise DateSettingsError(f"prior_weight must be >= 0; got {self.prior_weight}.", "prior_weight")
         if not (math.isfinite(self.iterations) and int(self.iterations) == self.iterations >= 1):
-            raise DateSettingsError(f"iterations must be a whole number >= 1; got {self.iterations}.")
+            raise DateSettingsError(f"iterations must be a whole number >= 1; got {self.iterations}.", "iterations")
 
 
 def _parse_numbers(text: str, what: str, cast=int) -> list:
@@ -61,11 +63,11 @@ def _parse_numbers(text: str, what: str, cast=int) -> list:
             else:
                 values.append(cast(part))
         except ValueError:
-            raise DateSettingsError(f"{what}: cannot read {part!r} in {text!r}.") from None
+            raise DateSettingsError(f"{what}: cannot read {part!r} in {text!r}.", "value") from None
     if not values:
-        raise DateSettingsError(f"{what}: no number in {text!r}.")
+        raise DateSettingsError(f"{what}: no number in {text!r}.", "value")
     if not all(math.isfinite(v) and v >= 0 for v in values):
-        raise DateSettingsError(f"{what}: numbers must be finite and >= 0; got {text!r}.")
+        raise DateSettingsError(f"{what}: numbers must be finite and >= 0; got {text!r}.", "value")
     return values
 
 
@@ -85,10 +87,10 @@ class UpdateSchedule:
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
-            raise DateSettingsError(f"schedule must be one of {SCHEDULES}; got {self.kind!r}.")
+            raise DateSettingsError(f"schedule must be one of {SCHEDULES}; got {self.kind!r}.", "kind")
         text = str(self.value).strip()
         if not text:
-            raise DateSettingsError(f"schedule value is empty (schedule {self.kind}).")
+            raise DateSettingsError(f"schedule value is empty (schedule {self.kind}).", "value")
         if self.kind == "sigma_range":
             number = r"(\d*\.?\d+(?:[eE][+-]?\d+)?)"
             match = re.fullmatch(number + r"\s*(?:-|,|\s)\s*" + number, text)
@@ -97,17 +99,17 @@ class UpdateSchedule:
             except ValueError:
                 numbers = None
             if numbers is None or not numbers[0] <= numbers[1]:
-                raise DateSettingsError(f"sigma_range must read 'low-high' with low <= high; got {text!r}.")
+                raise DateSettingsError(f"sigma_range must read 'low-high' with low <= high; got {text!r}.", "value")
         elif self.kind == "step_list":
             numbers = tuple(sorted(set(_parse_numbers(text, "step_list"))))
         else:
             numbers = tuple(_parse_numbers(text, self.kind, float))
             if len(numbers) != 1:
-                raise DateSettingsError(f"{self.kind} takes one number; got {text!r}.")
+                raise DateSettingsError(f"{self.kind} takes one number; got {text!r}.", "value")
             if self.kind == "every_k_steps" and (numbers[0] < 1 or numbers[0] != int(numbers[0])):
-                raise DateSettingsError(f"every_k_steps must be a whole number >= 1; got {text!r}.")
+                raise DateSettingsError(f"every_k_steps must be a whole number >= 1; got {text!r}.", "value")
             if self.kind == "percent_of_steps" and not 0 < numbers[0] <= 100:
-                raise DateSettingsError(f"percent_of_steps must be in (0, 100]; got {text!r}.")
+                raise DateSettingsError(f"percent_of_steps must be in (0, 100]; got {text!r}.", "value")
         object.__setattr__(self, "_numbers", tuple(numbers))
 
     def steps(self, sigmas: Sequence[float] | torch.Tensor) -> list[int]:

@@ -24,8 +24,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from .settings_error import SettingsError
 
-class IpgoSettingsError(ValueError):
+
+class IpgoSettingsError(SettingsError):
     pass
 
 
@@ -53,7 +55,7 @@ class IpgoSettings:
 
     def __post_init__(self):
         def bad(name, why):
-            raise IpgoSettingsError(f"{name} {why}, got {getattr(self, name)!r}")
+            raise IpgoSettingsError(f"{name} {why}, got {getattr(self, name)!r}", name)
 
         for name in ("prefix_tokens", "suffix_tokens"):
             value = getattr(self, name)
@@ -104,9 +106,9 @@ class TokenBlock(nn.Module):
     def __init__(self, count: int, rank: int, width: int, bound: float, rotation: bool):
         super().__init__()
         if rank > width:
-            raise IpgoSettingsError(f"rank must be at most the conditioning width {width}, got {rank}")
+            raise IpgoSettingsError(f"rank must be at most the conditioning width {width}, got {rank}", "rank")
         if rotation and width % 2:
-            raise IpgoSettingsError(f"the rotation needs an even conditioning width, got {width}")
+            raise IpgoSettingsError(f"the rotation needs an even conditioning width, got {width}", "rotation")
         self.bound, self.rotation = bound, rotation
         self.coefficients = nn.Parameter((torch.rand(count, rank) * 2 - 1) * bound)
         self.angles = nn.Parameter((torch.rand(count, 2) * 2 - 1) * math.pi)

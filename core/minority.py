@@ -32,6 +32,7 @@ import torch.utils.checkpoint
 
 from .conditioning import TextConditioning
 from .denoiser import Denoiser
+from .settings_error import SettingsError
 
 NORMS = ("squared", "plain")
 BETWEEN_STEPS = ("original", "keep")
@@ -42,7 +43,7 @@ TARGETS = ("appended_token", "whole_embedding")  # what is optimized: the paper'
 Tokens = Mapping[str, torch.Tensor]  # encoder key -> (count, width) input embeddings
 
 
-class MinoritySettingsError(ValueError):
+class MinoritySettingsError(SettingsError):
     pass
 
 
@@ -66,7 +67,7 @@ class MinoritySettings:
 
     def __post_init__(self):
         def bad(name, why):
-            raise MinoritySettingsError(f"{name} {why}, got {getattr(self, name)!r}")
+            raise MinoritySettingsError(f"{name} {why}, got {getattr(self, name)!r}", name)
 
         for name in ("lr", "sg_lambda", "fixed_level", "fraction", "diversity"):
             value = getattr(self, name)

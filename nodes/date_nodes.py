@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..core.date import RULES, SCHEDULES, DateSettings, DateSettingsError, UpdateSchedule
 from .date_guider import DateGuider
-from .errors import NodeInputError, require_prompt
+from .errors import NodeInputError, require_prompt, settings_input_error
 from .ksampler_path import guider_inputs, ksampler_inputs, ksampler_sigmas, sample_like_ksampler
 from .model_family import model_family
 from .reward_nodes import RewardModel
@@ -52,6 +52,8 @@ class TextEncodeKeepText(io.ComfyNode):
         return io.NodeOutput(node_helpers.conditioning_set_values(conditioning, {PROMPT_TEXT_KEY: text}))
 
 
+# core settings fields -> this node's inputs, where the names differ (UpdateSchedule's kind and value)
+SETTINGS_INPUTS = {"kind": "schedule", "value": "schedule_value"}
 MODEL_HELP = "The diffusion model (SD1.x, SD2.x or SDXL). It is not modified."
 POSITIVE_HELP = ("The prompt's conditioning; DATE updates a copy of its token states. One entry (not combined "
                  "or area conditioning).")
@@ -104,12 +106,9 @@ def build_guider(node: str, model, positive, negative, cfg, vae, reward, rho, ru
         raise NodeInputError(node, "vae", "no VAE connected; the reward needs decoded images.")
     try:
         settings = DateSettings(rho=rho, rule=rule, prior_weight=prior_weight, iterations=iterations)
-    except DateSettingsError as e:
-        raise NodeInputError(node, str(e).split(" ")[0], str(e)) from None
-    try:
         plan = UpdateSchedule(schedule, schedule_value)
     except DateSettingsError as e:
-        raise NodeInputError(node, "schedule_value", str(e)) from None
+        raise settings_input_error(node, e, SETTINGS_INPUTS, fallback="schedule_value") from None
     text = _reward_prompt(node, positive, reward_prompt)
     guider = DateGuider(model, cfg, settings, plan, reward, vae, text, decode_scale=float(decode_scale))
     guider.set_conds(positive, negative)

@@ -8,6 +8,15 @@ class NodeInputError(ValueError):
         super().__init__(f"[{node}] input '{input_name}': {message}")
 
 
+def settings_input_error(node: str, error, inputs: dict[str, str] | None = None,
+                         fallback: str | None = None) -> NodeInputError:
+    """A core settings error (core.settings_error.SettingsError) as a NodeInputError naming the node's input:
+    `inputs` maps settings fields to input names where they differ; `fallback` is blamed when the error
+    concerns no single field."""
+    name = (inputs or {}).get(error.field, error.field) or fallback or "settings"
+    return NodeInputError(node, name, error.message_for(name))
+
+
 def require_prompt(node: str, input_name: str, text: str) -> str:
     if not isinstance(text, str) or not text.strip():
         raise NodeInputError(node, input_name, "the prompt is empty; type the text to encode.")

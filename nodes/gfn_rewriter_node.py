@@ -19,9 +19,10 @@ import comfy.utils
 from ..core.gfn_rewriter.policy_folder import LAYOUT, PolicyFolderError, load_policy
 from ..core.gfn_rewriter.rewrite import MODES, RewriteSettings, rewrite
 from ..core.gfn_rewriter.trajectories import DEFAULT_TEMPLATE
+from ..core.settings_error import SettingsError
 from . import rewriter_folder
 from .comfy_reward import compute_dtype
-from .errors import NodeInputError, require_prompt
+from .errors import NodeInputError, require_prompt, settings_input_error
 
 NODE = "GFlowNet Prompt Rewriter (Prompt Optim)"
 NO_ENTRIES = "(no folders in models/prompt_rewriters)"
@@ -126,9 +127,8 @@ class GFlowNetRewriter(io.ComfyNode):
                                        min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
                                        diversity_penalty=diversity_penalty, length_penalty=length_penalty,
                                        template=template)
-        except ValueError as e:
-            blame = "template" if "template" in str(e) else "min_new_tokens" if "min_new" in str(e) else "mode"
-            raise NodeInputError(NODE, blame, str(e)) from e
+        except SettingsError as e:
+            raise settings_input_error(NODE, e) from None
         try:
             patcher, tokenizer = load_rewriter(folder, dtype)
         except PolicyFolderError as e:

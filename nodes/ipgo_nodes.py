@@ -15,7 +15,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..core.ipgo import BoundaryTokens, IpgoSettings, IpgoSettingsError, LearnedTokens, train
-from .errors import NodeInputError, require_prompt
+from .errors import NodeInputError, require_prompt, settings_input_error
 from .ipgo_render import IpgoRenderer
 from .ipgo_sequences import encode_sequence
 from .model_family import clip_family, matching_families
@@ -39,6 +39,10 @@ def register_folder() -> None:
 register_folder()
 
 
+# core settings fields -> the optimizer's inputs, where the names differ
+SETTINGS_INPUTS = {"lr": "learning_rate"}
+
+
 def split_prompts(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -47,7 +51,7 @@ def _settings(node: str, **values) -> IpgoSettings:
     try:
         return IpgoSettings(**values)
     except IpgoSettingsError as e:
-        raise NodeInputError(node, str(e).split(" ")[0], str(e)) from None
+        raise settings_input_error(node, e, SETTINGS_INPUTS) from None
 
 
 class IpgoOptimize(io.ComfyNode):

@@ -16,7 +16,7 @@ from ..core.minority import (ANNEAL_LEVELS, BETWEEN_STEPS, INITS, NORMS, TARGETS
 from ..core.text_encoder import LearnableTokens
 from .comfy_text_encoder import ComfyTextEncoder
 from .date_nodes import PROMPT_TEXT_KEY
-from .errors import NodeInputError, require_prompt
+from .errors import NodeInputError, require_prompt, settings_input_error
 from .minority_guider import MinorityGuider, spec_of
 from .minority_token import SPEC_KEY, PlaceholderSpec, free_embedding_name, safe_embedding_name, single_token_word
 from .ksampler_path import guider_inputs, ksampler_inputs, ksampler_sigmas, sample_like_ksampler
@@ -26,6 +26,9 @@ ENCODE_NODE = "MinorityPrompt Text Encode (Prompt Optim)"
 GUIDER_NODE = "MinorityPrompt Guider (Prompt Optim)"
 SAMPLER_NODE = "MinorityPrompt KSampler (Prompt Optim)"
 SAVE_NODE = "Save MinorityPrompt Embedding (Prompt Optim)"
+# core settings fields -> the guider's inputs, where the names differ
+SETTINGS_INPUTS = {"fraction": "optimize_fraction", "every": "every_n_steps", "target": "optimize",
+                   "checkpointing": "gradient_checkpointing"}
 
 MinorityToken = io.Custom("MINORITY_TOKEN")
 
@@ -167,8 +170,7 @@ def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_
                                     checkpointing=gradient_checkpointing, target=optimize,
                                     anneal_level=anneal_level)
     except MinoritySettingsError as e:
-        name = str(e).split(" ")[0]
-        raise NodeInputError(node, "optimize" if name == "target" else name, str(e)) from None
+        raise settings_input_error(node, e, SETTINGS_INPUTS) from None
     guider = MinorityGuider(model, cfg, settings, spec, per_image=token_per_image, probe=measure_gain)
     guider.set_conds(positive, negative)
     return guider

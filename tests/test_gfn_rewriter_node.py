@@ -49,3 +49,16 @@ def test_bad_folders_give_one_clear_error(comfy, bad, missing):
         comfy.run(_graph(policy=bad))
     message = str(error.value)
     assert "input 'policy'" in message and bad.split("/")[-1] in message and missing in message, message
+
+
+@pytest.mark.parametrize("change, input_name, words", [
+    ({"template": "Rephrase:\n"}, "template", "must contain {prompt}"),
+    ({"min_new_tokens": 9}, "min_new_tokens", "min_new_tokens <= max_new_tokens"),
+])
+def test_bad_settings_name_the_input(comfy, change, input_name, words):
+    graph = _graph()
+    graph["rw"]["inputs"].update(change)
+    with pytest.raises(Exception) as error:
+        comfy.run(graph)
+    message = str(error.value)
+    assert f"input '{input_name}'" in message and words in message, message

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from ..settings_error import SettingsError
 from . import trajectories
 from .diverse_beam_search import diverse_beam_search
 
@@ -32,11 +33,11 @@ class RewriteSettings:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; got {self.mode!r}")
+            raise SettingsError(f"mode must be one of {MODES}; got {self.mode!r}", "mode")
         if "{prompt}" not in self.template:
-            raise ValueError("the template must contain {prompt}, where the prompt goes")
+            raise SettingsError("the template must contain {prompt}, where the prompt goes", "template")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError("need 0 <= min_new_tokens <= max_new_tokens")
+            raise SettingsError("need 0 <= min_new_tokens <= max_new_tokens", "min_new_tokens")
 
 
 def rewrite(model, tokenizer, prompt: str, settings: RewriteSettings,

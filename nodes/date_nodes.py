@@ -10,7 +10,7 @@ from .date_guider import DateGuider
 from .errors import NodeInputError, require_prompt, settings_input_error
 from .ksampler_path import guider_inputs, ksampler_inputs, ksampler_sigmas, sample_like_ksampler
 from .model_family import model_family
-from .reward_nodes import RewardModel
+from .socket_types import RewardModel
 
 PROMPT_TEXT_KEY = "prompt_optim_text"  # the prompt a conditioning was encoded from, for rewards downstream
 
@@ -34,7 +34,7 @@ class TextEncodeKeepText(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_TextEncodeKeepText",
             display_name=ENCODE_NODE,
-            category="prompt_optim",
+            category="prompt_optim/conditioning",
             description="CLIP Text Encode that also stores the prompt text in the conditioning, so reward-driven "
                         "nodes downstream (DATE) score images against the same text without retyping it. "
                         "Samples exactly like CLIP Text Encode.",
@@ -66,7 +66,7 @@ def _date_inputs() -> list:
     return [
         io.Vae.Input("vae", tooltip="Decodes the x0 estimate for the reward. A TAESD (Load VAE -> taesd / "
                                    "taesdxl) is much cheaper and slightly less faithful; see decode_scale."),
-        io.Custom("REWARD_MODEL").Input("reward", tooltip="The reward to raise (Load Reward Model, or Combine "
+        RewardModel.Input("reward", tooltip="The reward to raise (Load Reward Model, or Combine "
                                                           "Rewards for a weighted sum)."),
         io.Float.Input("rho", default=0.5, min=0.001, max=100.0, step=0.01,
                        tooltip="Update size: the Frobenius norm of each update of the token states "
@@ -121,7 +121,7 @@ class DateGuiderNode(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_DATEGuider",
             display_name=GUIDER_NODE,
-            category="prompt_optim/DATE",
+            category="prompt_optim/date",
             description="DATE (Diffusion Adaptive Text Embedding): classifier-free guidance whose positive text "
                         "embedding moves toward a higher reward at scheduled steps. At an update step the reward "
                         "is measured on the decoded CFG x0 estimate and the token states follow its normalized "
@@ -147,7 +147,7 @@ class DateSamplerNode(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_DATESampler",
             display_name=SAMPLER_NODE,
-            category="prompt_optim/DATE",
+            category="prompt_optim/date",
             description="KSampler with DATE: same inputs and the same noise as KSampler, plus the DATE settings "
                         "(see DATE Guider). Outputs the latent and a report of the reward at every update.",
             inputs=[

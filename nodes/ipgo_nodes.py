@@ -20,6 +20,7 @@ from .ipgo_render import IpgoRenderer
 from .ipgo_sequences import encode_sequence
 from .model_family import clip_family, matching_families
 from .reward_curve import curve_image
+from .socket_types import IpgoTokens, RewardModel
 from .step_guider import progress_text
 
 OPTIMIZE_NODE = "IPGO Optimize Prompt Tokens (Prompt Optim)"
@@ -28,7 +29,6 @@ SAVE_NODE = "Save IPGO Tokens (Prompt Optim)"
 LOAD_NODE = "Load IPGO Tokens (Prompt Optim)"
 TOKENS_FOLDER = "ipgo_tokens"
 
-IpgoTokens = io.Custom("IPGO_TOKENS")
 
 
 def register_folder() -> None:
@@ -60,7 +60,7 @@ class IpgoOptimize(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_IPGOOptimize",
             display_name=OPTIMIZE_NODE,
-            category="prompt_optim/IPGO",
+            category="prompt_optim/ipgo",
             description="IPGO: learns a few prefix and suffix tokens, injected around the prompt's encoded "
                         "sequence, that raise a reward of the generated image. Each epoch generates every prompt "
                         "with the same seed and back-propagates the reward through the VAE decode and the last "
@@ -70,7 +70,7 @@ class IpgoOptimize(io.ComfyNode):
                 io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL). Not modified."),
                 io.Clip.Input("clip", tooltip="The checkpoint's text encoder. It only encodes the prompts once."),
                 io.Vae.Input("vae", tooltip="Decodes the generated latent for the reward (differentiably)."),
-                io.Custom("REWARD_MODEL").Input("reward", tooltip="A differentiable reward (Load Reward Model)."),
+                RewardModel.Input("reward", tooltip="A differentiable reward (Load Reward Model)."),
                 io.String.Input("prompts", multiline=True, dynamic_prompts=False,
                                 tooltip="One prompt, or several, one per line (batch-wise)."),
                 io.String.Input("negative", default="", multiline=False,
@@ -234,7 +234,7 @@ class IpgoApply(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_IPGOApply",
             display_name=APPLY_NODE,
-            category="prompt_optim/IPGO",
+            category="prompt_optim/ipgo",
             description="Encodes a prompt and wraps it with learned IPGO tokens: [prefix; prompt; suffix] in the "
                         "text encoder's output space, plus the matching negative (cut to the same length, as in "
                         "training). Works for prompts the tokens were not trained on.",
@@ -272,7 +272,7 @@ class SaveIpgoTokens(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_SaveIPGOTokens",
             display_name=SAVE_NODE,
-            category="prompt_optim/IPGO",
+            category="prompt_optim/ipgo",
             description=f"Saves learned IPGO tokens as safetensors in models/{TOKENS_FOLDER} (with the prompts, "
                         "reward and settings as metadata).",
             inputs=[IpgoTokens.Input("tokens", tooltip="From 'IPGO Optimize Prompt Tokens'."),
@@ -306,7 +306,7 @@ class LoadIpgoTokens(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_LoadIPGOTokens",
             display_name=LOAD_NODE,
-            category="prompt_optim/IPGO",
+            category="prompt_optim/ipgo",
             description=f"Loads IPGO tokens saved in models/{TOKENS_FOLDER}.",
             inputs=[io.Combo.Input("tokens_name", options=folder_paths.get_filename_list(TOKENS_FOLDER),
                                    tooltip=f"A .safetensors file in models/{TOKENS_FOLDER}.")],

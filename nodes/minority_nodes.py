@@ -17,10 +17,11 @@ from ..core.text_encoder import LearnableTokens
 from .comfy_text_encoder import ComfyTextEncoder
 from .date_nodes import PROMPT_TEXT_KEY
 from .errors import NodeInputError, require_prompt, settings_input_error
+from .ksampler_path import guider_inputs, ksampler_inputs, ksampler_sigmas, sample_like_ksampler
 from .minority_guider import MinorityGuider, spec_of
 from .minority_token import SPEC_KEY, PlaceholderSpec, free_embedding_name, safe_embedding_name, single_token_word
-from .ksampler_path import guider_inputs, ksampler_inputs, ksampler_sigmas, sample_like_ksampler
 from .model_family import clip_family, model_family
+from .socket_types import MinorityToken
 
 ENCODE_NODE = "MinorityPrompt Text Encode (Prompt Optim)"
 GUIDER_NODE = "MinorityPrompt Guider (Prompt Optim)"
@@ -30,7 +31,6 @@ SAVE_NODE = "Save MinorityPrompt Embedding (Prompt Optim)"
 SETTINGS_INPUTS = {"fraction": "optimize_fraction", "every": "every_n_steps", "target": "optimize",
                    "checkpointing": "gradient_checkpointing"}
 
-MinorityToken = io.Custom("MINORITY_TOKEN")
 
 INIT_HELP = ("Starting point of the placeholder's embedding. word: a copy of init_word's (authors: 'cool' for "
              "COCO, 'handsome' in demos; a meaningful word steers the direction, e.g. 'old'). random_vocabulary: "
@@ -44,7 +44,7 @@ class MinorityEncode(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_MinorityEncode",
             display_name=ENCODE_NODE,
-            category="prompt_optim/MinorityPrompt",
+            category="prompt_optim/minority_prompt",
             description="CLIP Text Encode for MinorityPrompt. Outputs the plain prompt's conditioning (it samples "
                         "exactly like CLIP Text Encode with any sampler) and carries what the MinorityPrompt "
                         "guider needs to re-encode the prompt with one learnable placeholder token.",
@@ -182,7 +182,7 @@ class MinorityGuiderNode(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_MinorityGuider",
             display_name=GUIDER_NODE,
-            category="prompt_optim/MinorityPrompt",
+            category="prompt_optim/minority_prompt",
             description="MinorityPrompt: at scheduled steps a placeholder token appended to the prompt is optimized "
                         "so the model's denoising of the current state becomes harder to reconstruct under the "
                         "plain prompt (a low-likelihood direction), then the step is taken with CFG and that "
@@ -226,7 +226,7 @@ class MinoritySamplerNode(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_MinoritySampler",
             display_name=SAMPLER_NODE,
-            category="prompt_optim/MinorityPrompt",
+            category="prompt_optim/minority_prompt",
             description="KSampler with MinorityPrompt: same inputs and the same noise as KSampler, plus the "
                         "MinorityPrompt settings (see MinorityPrompt Guider). Outputs the latent, the learned "
                         "token (save it with 'Save MinorityPrompt Embedding') and a report.",
@@ -261,7 +261,7 @@ class SaveMinorityEmbedding(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_SaveMinorityEmbedding",
             display_name=SAVE_NODE,
-            category="prompt_optim/MinorityPrompt",
+            category="prompt_optim/minority_prompt",
             description="Saves a learned MinorityPrompt token as a textual-inversion embedding in models/embeddings "
                         "(safetensors; SDXL: one row per text encoder, clip_l and clip_g). Use it in any prompt "
                         "as embedding:name, placed where the token was (end: after the prompt).",

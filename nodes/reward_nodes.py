@@ -11,8 +11,7 @@ from ..core.rewards.base import RewardInputError, prompts_for_batch
 from . import reward_folder
 from .comfy_reward import ComfyReward
 from .errors import NodeInputError
-
-RewardModel = io.Custom("REWARD_MODEL")
+from .socket_types import RewardModel
 
 LOAD_NODE = "Load Reward Model (Prompt Optim)"
 COMBINE_NODE = "Combine Rewards (Prompt Optim)"

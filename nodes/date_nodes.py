@@ -14,9 +14,9 @@ from .socket_types import RewardModel
 
 PROMPT_TEXT_KEY = "prompt_optim_text"  # the prompt a conditioning was encoded from, for rewards downstream
 
-ENCODE_NODE = "CLIP Text Encode, keep text (Prompt Optim)"
-GUIDER_NODE = "DATE Guider (Prompt Optim)"
-SAMPLER_NODE = "DATE KSampler (Prompt Optim)"
+ENCODE_NODE = "CLIP Text Encode, keep text"
+GUIDER_NODE = "DATE Guider"
+SAMPLER_NODE = "DATE KSampler"
 
 RULE_HELP = ("cumulative: c = c + rho * g/||g||, updates add up (the authors' released code, default). "
              "paper: c = c_original + rho * g/||g|| at every update (the paper's text), so the embedding stays "

@@ -24,7 +24,7 @@ from . import rewriter_folder
 from .comfy_reward import compute_dtype
 from .errors import NodeInputError, require_prompt, settings_input_error
 
-NODE = "GFlowNet Prompt Rewriter (Prompt Optim)"
+NODE = "GFlowNet Prompt Rewriter"
 NO_ENTRIES = "(no folders in models/prompt_rewriters)"
 
 

@@ -20,7 +20,7 @@ from .comfy_text_encoder import ComfyTextEncoder
 from .errors import require_prompt
 from .model_family import matching_families
 
-NODE = "Gradient Check (Prompt Optim)"
+NODE = "Gradient Check"
 
 
 def _unit(shape, gen: torch.Generator) -> torch.Tensor:

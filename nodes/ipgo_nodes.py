@@ -23,10 +23,10 @@ from .reward_curve import curve_image
 from .socket_types import IpgoTokens, RewardModel
 from .step_guider import progress_text
 
-OPTIMIZE_NODE = "IPGO Optimize Prompt Tokens (Prompt Optim)"
-APPLY_NODE = "IPGO Encode with Learned Tokens (Prompt Optim)"
-SAVE_NODE = "Save IPGO Tokens (Prompt Optim)"
-LOAD_NODE = "Load IPGO Tokens (Prompt Optim)"
+OPTIMIZE_NODE = "IPGO Optimize Prompt Tokens"
+APPLY_NODE = "IPGO Encode with Learned Tokens"
+SAVE_NODE = "Save IPGO Tokens"
+LOAD_NODE = "Load IPGO Tokens"
 TOKENS_FOLDER = "ipgo_tokens"
 
 

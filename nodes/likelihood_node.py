@@ -10,7 +10,7 @@ from .comfy_denoiser import prepared_denoiser
 from .errors import NodeInputError
 from .model_family import model_family
 
-LIKELIHOOD_NODE = "Denoising Likelihood (Prompt Optim)"
+LIKELIHOOD_NODE = "Denoising Likelihood"
 
 
 class DenoisingLikelihood(io.ComfyNode):

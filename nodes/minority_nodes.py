@@ -23,10 +23,10 @@ from .minority_token import SPEC_KEY, PlaceholderSpec, free_embedding_name, safe
 from .model_family import clip_family, model_family
 from .socket_types import MinorityToken
 
-ENCODE_NODE = "MinorityPrompt Text Encode (Prompt Optim)"
-GUIDER_NODE = "MinorityPrompt Guider (Prompt Optim)"
-SAMPLER_NODE = "MinorityPrompt KSampler (Prompt Optim)"
-SAVE_NODE = "Save MinorityPrompt Embedding (Prompt Optim)"
+ENCODE_NODE = "MinorityPrompt Text Encode"
+GUIDER_NODE = "MinorityPrompt Guider"
+SAMPLER_NODE = "MinorityPrompt KSampler"
+SAVE_NODE = "Save MinorityPrompt Embedding"
 # core settings fields -> the guider's inputs, where the names differ
 SETTINGS_INPUTS = {"fraction": "optimize_fraction", "every": "every_n_steps", "target": "optimize",
                    "checkpointing": "gradient_checkpointing"}

@@ -13,9 +13,9 @@ from .comfy_reward import ComfyReward
 from .errors import NodeInputError
 from .socket_types import RewardModel
 
-LOAD_NODE = "Load Reward Model (Prompt Optim)"
-COMBINE_NODE = "Combine Rewards (Prompt Optim)"
-SCORE_NODE = "Score Images (Prompt Optim)"
+LOAD_NODE = "Load Reward Model"
+COMBINE_NODE = "Combine Rewards"
+SCORE_NODE = "Score Images"
 NO_ENTRIES = "(no files in models/rewards)"
 
 

@@ -15,7 +15,7 @@ from comfy_api.latest import io
 
 from .errors import NodeInputError, require_prompt
 
-NODE = "CLIP Text Encode, One Image per Line (Prompt Optim)"
+NODE = "CLIP Text Encode, One Image per Line"
 
 
 def _repeat_to(tensor: torch.Tensor, length: int) -> torch.Tensor:

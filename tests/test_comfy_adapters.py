@@ -93,7 +93,7 @@ def test_bad_input_names_node_and_input(comfy, sd1_checkpoint, ip2p_unet, prompt
     with pytest.raises(GraphError) as error:
         comfy.run(graph)
     message = error.value.message["exception_message"]
-    assert "Gradient Check (Prompt Optim)" in message and f"input '{input_name}'" in message
+    assert "[Gradient Check]" in message and f"input '{input_name}'" in message
     assert words in message
 
 

@@ -173,7 +173,7 @@ def test_bad_settings_name_the_input(comfy, sd1_checkpoint, change, input_name, 
     with pytest.raises(GraphError) as error:
         comfy.run(date_graph(sd1_checkpoint.name, **change))
     message = error.value.message["exception_message"]
-    assert "DATE Guider (Prompt Optim)" in message and f"input '{input_name}'" in message and words in message
+    assert "[DATE Guider]" in message and f"input '{input_name}'" in message and words in message
 
 
 def test_unsupported_family_is_refused(comfy, sd1_checkpoint, ip2p_unet):

@@ -60,4 +60,4 @@ def test_empty_text_names_the_node_and_input(comfy, sd1_checkpoint):
     graph["ks"] = _ksampler(["batch", 0], same_noise_latent(graph, 1))
     with pytest.raises(GraphError) as error:
         comfy.run(_outputs(graph))
-    assert "[CLIP Text Encode, One Image per Line (Prompt Optim)] input 'text'" in str(error.value)
+    assert "[CLIP Text Encode, One Image per Line] input 'text'" in str(error.value)

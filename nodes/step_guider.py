@@ -45,7 +45,7 @@ class SteppedGuider(comfy.samplers.CFGGuider):
         """Called before sampling starts (reset per-run state)."""
 
     def end_run(self) -> None:
-        """Called after sampling returns."""
+        """Called after sampling returns or raises (cancel, error)."""
 
     def scheduled_step(self, x, timestep, model_options, seed, step: int, sigmas: list[float]):
         """The prediction at a scheduled step (run the method first)."""
@@ -61,9 +61,10 @@ class SteppedGuider(comfy.samplers.CFGGuider):
         self._sigmas_key = None
         self._done: set[int] = set()
         self.begin_run()
-        result = super().sample(*args, **kwargs)
-        self.end_run()
-        return result
+        try:
+            return super().sample(*args, **kwargs)
+        finally:  # also after a cancel or an error: the run record holds what was done
+            self.end_run()
 
     def _plan(self, model_options) -> list[float]:
         sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")

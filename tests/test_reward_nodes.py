@@ -105,11 +105,11 @@ def test_top_k_keeps_the_best(comfy):
 def test_errors_name_the_node_and_input(comfy):
     from devtools.inprocess import GraphError
 
-    with pytest.raises(GraphError, match=r"\[Load Reward Model \(Prompt Optim\)\] input 'clip_backbone'"):
+    with pytest.raises(GraphError, match=r"\[Load Reward Model\] input 'clip_backbone'"):
         comfy.run(_graph("laion_aesthetic", NAMES["laion_aesthetic"]))
     with pytest.raises(GraphError, match=r"input 'weights': ImageReward: folder '.*prompt_optim_test_clip' lacks ImageReward.pt"):
         comfy.run(_graph("image_reward", NAMES["clip"]))
-    with pytest.raises(GraphError, match=r"\[Score Images \(Prompt Optim\)\] input 'prompt': the prompt is empty"):
+    with pytest.raises(GraphError, match=r"\[Score Images\] input 'prompt': the prompt is empty"):
         comfy.run(_graph("clip", NAMES["clip"], prompt="  "))
     with pytest.raises(GraphError, match=r"input 'prompt': got 2 prompts for 3 images"):
         comfy.run(_graph("clip", NAMES["clip"], prompt="a\nb", per_line=True))

@@ -8,6 +8,7 @@ import torch
 
 from devtools.inprocess import GraphError
 from devtools.reward_models import NAMES
+from devtools.test_graphs import guided_sampling_graph
 from devtools.weights import changed_keys, snapshot
 
 PROMPT = "a red square"
@@ -17,26 +18,15 @@ def date_graph(ckpt: str, *, sampler="euler", scheduler="normal", steps=10, batc
                encode="PromptOptim_TextEncodeKeepText", reward="clip", **settings) -> dict:
     guider = {"rho": 0.5, "rule": "paper", "schedule": "every_k_steps", "schedule_value": "3", "iterations": 2,
               "prior_weight": 0.0, "decode_scale": "1.0", **settings}
-    return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "pos": {"class_type": encode, "inputs": {"clip": ["ckpt", 1], "text": PROMPT}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "blurry"}},
-        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}},
-        "rw": {"class_type": "PromptOptim_LoadRewardModel",
-               "inputs": {"family": reward, "weights": NAMES[reward], "clip_backbone": "none",
-                          "open_clip_architecture": "", "dtype": "auto"}},
-        "guider": {"class_type": "PromptOptim_DATEGuider",
-                   "inputs": {"model": ["ckpt", 0], "cfg": 7.5, "positive": ["pos", 0], "negative": ["neg", 0],
-                              "vae": ["ckpt", 2], "reward": ["rw", 0], **guider}},
-        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
-        "ks": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}},
-        "sig": {"class_type": "BasicScheduler",
-                "inputs": {"model": ["ckpt", 0], "scheduler": scheduler, "steps": steps, "denoise": 1.0}},
-        "sca": {"class_type": "SamplerCustomAdvanced",
-                "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["ks", 0],
-                           "sigmas": ["sig", 0], "latent_image": ["lat", 0]}},
-        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sca", 0], "filename_prefix": "date"}},
-    }
+    graph = guided_sampling_graph(
+        ckpt, "PromptOptim_DATEGuider",
+        {"model": ["ckpt", 0], "cfg": 7.5, "vae": ["ckpt", 2], "reward": ["rw", 0], **guider},
+        {"class_type": encode, "inputs": {"clip": ["ckpt", 1], "text": PROMPT}},
+        sampler=sampler, scheduler=scheduler, steps=steps, batch=batch, seed=seed, size=size, prefix="date")
+    graph["rw"] = {"class_type": "PromptOptim_LoadRewardModel",
+                   "inputs": {"family": reward, "weights": NAMES[reward], "clip_backbone": "none",
+                              "open_clip_architecture": "", "dtype": "auto"}}
+    return graph
 
 
 def _run(comfy, graph):

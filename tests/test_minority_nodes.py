@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from devtools.inprocess import GraphError
+from devtools.test_graphs import guided_sampling_graph
 from devtools.weights import changed_keys, snapshot
 
 PROMPT = "a red square"
@@ -21,25 +22,12 @@ def settings(**overrides) -> dict:
 
 def minority_graph(ckpt: str, *, sampler="euler", scheduler="normal", steps=8, batch=2, seed=3, size=64, cfg=7.5,
                    init="word", position="end", model=None, **overrides) -> dict:
-    graph = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "pos": {"class_type": "PromptOptim_MinorityEncode",
-                "inputs": {"clip": ["ckpt", 1], "text": PROMPT, "position": position, "init": init,
-                           "init_word": "cool", "init_seed": 0}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "blurry"}},
-        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}},
-        "guider": {"class_type": "PromptOptim_MinorityGuider",
-                   "inputs": {"model": model or ["ckpt", 0], "cfg": cfg, "positive": ["pos", 0],
-                              "negative": ["neg", 0], **settings(**overrides)}},
-        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
-        "ks": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}},
-        "sig": {"class_type": "BasicScheduler",
-                "inputs": {"model": ["ckpt", 0], "scheduler": scheduler, "steps": steps, "denoise": 1.0}},
-        "sca": {"class_type": "SamplerCustomAdvanced",
-                "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["ks", 0],
-                           "sigmas": ["sig", 0], "latent_image": ["lat", 0]}},
-        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sca", 0], "filename_prefix": "minority"}},
-    }
+    graph = guided_sampling_graph(
+        ckpt, "PromptOptim_MinorityGuider", {"model": model or ["ckpt", 0], "cfg": cfg, **settings(**overrides)},
+        {"class_type": "PromptOptim_MinorityEncode",
+         "inputs": {"clip": ["ckpt", 1], "text": PROMPT, "position": position, "init": init, "init_word": "cool",
+                    "init_seed": 0}},
+        sampler=sampler, scheduler=scheduler, steps=steps, batch=batch, seed=seed, size=size, prefix="minority")
     if model == "v_prediction":
         graph["msd"] = {"class_type": "ModelSamplingDiscrete",
                         "inputs": {"model": ["ckpt", 0], "sampling": "v_prediction", "zsnr": False}}

@@ -218,6 +218,29 @@ def _train_command(folders, tmp_path, steps: int) -> list[str]:
             "--max-new-tokens", "6", "--flow-reset-period", "3", "--flow-hidden", "16"]
 
 
+def test_resumed_training_with_dropout_continues_exactly(folders, tmp_path):
+    """Dropout (on by default, as the authors train) draws from torch's global generator; a checkpoint keeps
+    it, so a run resumed after step 1 reaches the same weights at step 3 as the run that never stopped."""
+    from core.gfn_rewriter import checkpoint
+
+    def trainer(folder):
+        model, tok = load_policy(folder)
+        reference, _ = load_policy(folders / NAMES["policy"])
+        config = TrainConfig(samples_per_step=4, min_new_tokens=2, max_new_tokens=5, policy_lr=1e-3, seed=3)
+        assert config.dropout and model.config.resid_pdrop > 0  # the case this test is about
+        return Trainer(config, model, reference, tok, TargetWords(STYLE), PROMPTS)
+
+    straight = trainer(folders / NAMES["policy"])
+    straight.train_step()
+    checkpoint.save(straight, tmp_path / "run")
+    straight.train_step(), straight.train_step()
+    resumed = trainer(tmp_path / "run" / "policy")
+    checkpoint.load(resumed, tmp_path / "run")
+    resumed.train_step(), resumed.train_step()
+    for (name, a), b in zip(straight.policy.named_parameters(), resumed.policy.parameters()):
+        assert torch.equal(a, b), name
+
+
 def test_two_process_ddp_training_on_cpu_saves_and_resumes(folders, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     for steps in (4, 6):  # the second run resumes from the first one's checkpoint

@@ -2,7 +2,7 @@
 
     OUT/policy/        the trained policy + tokenizer (a rewriter folder the ComfyUI node loads as is)
     OUT/trainer.pt     step, config, flow head, both optimizers (written by rank 0)
-    OUT/rank{r}.pt     each rank's replay buffer and random-generator states
+    OUT/rank{r}.pt     each rank's replay buffer and random-generator states (torch's global ones too: dropout)
     OUT/metrics.jsonl  one line of metrics per step (rank 0)
 Each file is written to a temporary name and renamed, so an interrupted save leaves the last good one.
 """
@@ -21,6 +21,20 @@ def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _global_rng_state() -> dict:
+    """torch's global generators, which dropout draws from (the trainer's own generators are saved beside)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_global_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def has_checkpoint(out: str | Path) -> bool:
@@ -45,7 +59,8 @@ def save(trainer: Trainer, out: str | Path) -> None:
                      out / "trainer.pt")
     _atomic_save({"buffer": trainer.buffer.state_dict(), "rng": trainer.rng.getstate(),
                   "sample_generator": trainer.sample_generator.get_state(),
-                  "replay_generator": trainer.replay_generator.get_state()}, out / f"rank{trainer.rank}.pt")
+                  "replay_generator": trainer.replay_generator.get_state(),
+                  "torch_rng": _global_rng_state()}, out / f"rank{trainer.rank}.pt")
 
 
 def load(trainer: Trainer, out: str | Path) -> None:
@@ -67,3 +82,5 @@ def load(trainer: Trainer, out: str | Path) -> None:
         trainer.rng.setstate(mine["rng"])
         trainer.sample_generator.set_state(mine["sample_generator"])
         trainer.replay_generator.set_state(mine["replay_generator"])
+        if "torch_rng" in mine:  # checkpoints written before dropout was on by default lack it
+            _set_global_rng_state(mine["torch_rng"])

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .trajectories import forbid_early_end
+
 
 class _Hypotheses:
     """The `width` best finished rewrites of one group (Hugging Face's BeamHypotheses, early_stopping False)."""
@@ -72,19 +74,16 @@ def diverse_beam_search(model, prompt_ids: list[int], eos_id: int, num_beams: in
         rows = torch.zeros(num_beams, dtype=torch.long, device=device)  # which old row each new row extends
         for g in range(num_groups):
             start = g * width
-            logp = logp_all[start:start + width]
-            if g > 0 and diversity_penalty:
-                logp = logp - diversity_penalty * torch.bincount(current[:start], minlength=vocab).to(logp)
-            if step < min_new_tokens:
-                logp = logp.clone()
-                logp[:, eos_id] = -float("inf")
-            scores = (logp + beam_scores[start:start + width, None]).view(-1)
-            top_scores, top = scores.topk(2 * width)
             if done[g]:
                 beam_scores[start:start + width] = 0
                 current[start:start + width] = pad_id
                 rows[start:start + width] = start
                 continue
+            logp = forbid_early_end(logp_all[start:start + width], step, eos_id, min_new_tokens)
+            if g > 0 and diversity_penalty:
+                logp = logp - diversity_penalty * torch.bincount(current[:start], minlength=vocab).to(logp)
+            scores = (logp + beam_scores[start:start + width, None]).view(-1)
+            top_scores, top = scores.topk(2 * width)
             kept = 0
             new_scores = torch.zeros(width, dtype=torch.float32, device=device)
             for rank, (flat, score) in enumerate(zip(top.tolist(), top_scores)):

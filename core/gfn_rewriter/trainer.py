@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import objectives, trajectories
-from .flow_head import FlowHead
+from .flow_head import REACTIVATION_INITS, FlowHead
 from .log_reward import LogReward, reference_log_probs
 from .metrics import dormant_share, text_diversity
 from .replay_buffer import PrioritizedReplay
@@ -58,6 +58,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.objective not in objectives.OBJECTIVES:
             raise ValueError(f"objective must be one of {objectives.OBJECTIVES}; got {self.objective!r}")
+        # checked here, not at the first step or the first flow reset thousands of steps in
+        if self.prompt_summary not in trajectories.PROMPT_SUMMARIES:
+            raise ValueError(f"prompt_summary must be one of {trajectories.PROMPT_SUMMARIES}; "
+                             f"got {self.prompt_summary!r}")
+        if self.flow_reset_init not in REACTIVATION_INITS:
+            raise ValueError(f"flow_reset_init must be one of {REACTIVATION_INITS}; got {self.flow_reset_init!r}")
         self.reward_temperature = tuple(self.reward_temperature)
         self.exploration_temperature = tuple(self.exploration_temperature)
 

@@ -95,7 +95,7 @@ def sample(model, prompt_ids: list[int] | torch.Tensor, n: int, eos_id: int, max
 @dataclass
 class Scored:
     """Per action: log-probability at temperature 1 (0 where masked); per state s_t, t < T: the last
-    hidden state (detached, for the flow head); a summary of the prompt's hidden states (detached)."""
+    hidden state (for the flow head); a summary of the prompt's hidden states; both detached unless asked."""
     log_probs: torch.Tensor  # (n, T)
     state_hidden: torch.Tensor  # (n, T, D)
     prompt_hidden: torch.Tensor  # (n, D)

@@ -1,4 +1,4 @@
-"""Extra memory of the autograd-ready weight copies the ComfyUI adapters make (core.autograd_weights).
+"""Extra memory of the autograd-ready weight copies the ComfyUI adapters make (core.shared.autograd_weights).
 
     python -m benchmarks.adapter_memory   (from the repo root, in the runtime venv)
 
@@ -27,7 +27,7 @@ def main():
     configure_comfy_args()
     import comfy.sd
 
-    from core.autograd_weights import autograd_ready
+    from core.shared.autograd_weights import autograd_ready
 
     with torch.inference_mode():
         model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint_path("sd1")))

@@ -296,8 +296,8 @@ def run_fidelity(args) -> dict:
     import comfy.model_management as mm
     import comfy.sample
     import comfy.sd1_clip
-    from core.autograd_weights import autograd_ready
-    from core.date import pixels_from_decoder
+    from core.shared.autograd_weights import autograd_ready
+    from core.shared.pixels import pixels_from_decoder
     from core.rewards import load_reward
 
     model, clip, vae = runner.load_checkpoint(ckpt.name)

@@ -68,7 +68,7 @@ CONFIGS = {
     "minority_ckpt": dict(label="MinorityPrompt, gradient_checkpointing", minority=True, checkpointing=True),
 }
 
-# the paper's defaults (nodes/minority_nodes.py _settings_inputs; core.minority.MinoritySettings)
+# the paper's defaults (nodes/minority/nodes.py; core/minority/optimize.py MinoritySettings)
 PAPER_SETTINGS = dict(iterations=10, lr=0.01, optimize_fraction=0.1, every_n_steps=1, sg_lambda=1.0, norm="squared",
                       anneal=True, fixed_level=0.75, between_steps="original", token_per_image=True, diversity=0.0,
                       gradient_checkpointing=False, measure_gain=False)

@@ -3,21 +3,23 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import reward_folder, rewriter_folder
-from .date_nodes import NODES as DATE_NODES
-from .gfn_rewriter_node import NODES as REWRITER_NODES
-from .gradient_check_node import GradientCheck
-from .ipgo_nodes import NODES as IPGO_NODES
-from .likelihood_node import NODES as LIKELIHOOD_NODES
-from .minority_nodes import NODES as MINORITY_NODES
-from .reward_nodes import NODES as REWARD_NODES
-from .text_batch_node import NODES as TEXT_BATCH_NODES
+from .conditioning.keep_text import NODES as KEEP_TEXT_NODES
+from .conditioning.text_batch import NODES as TEXT_BATCH_NODES
+from .date.nodes import NODES as DATE_NODES
+from .diagnostics.gradient_check import GradientCheck
+from .diagnostics.likelihood import NODES as LIKELIHOOD_NODES
+from .ipgo.nodes import NODES as IPGO_NODES
+from .minority.nodes import NODES as MINORITY_NODES
+from .rewards import folder as reward_folder
+from .rewards.nodes import NODES as REWARD_NODES
+from .rewriter import folder as rewriter_folder
+from .rewriter.nodes import NODES as REWRITER_NODES
 
 reward_folder.REWARDS.register()
 rewriter_folder.REWRITERS.register()
 
-NODES: list[type[io.ComfyNode]] = [GradientCheck, *REWARD_NODES, *DATE_NODES, *MINORITY_NODES, *LIKELIHOOD_NODES,
-                                  *IPGO_NODES, *REWRITER_NODES, *TEXT_BATCH_NODES]
+NODES: list[type[io.ComfyNode]] = [GradientCheck, *REWARD_NODES, *KEEP_TEXT_NODES, *DATE_NODES, *MINORITY_NODES,
+                                  *LIKELIHOOD_NODES, *IPGO_NODES, *REWRITER_NODES, *TEXT_BATCH_NODES]
 
 
 class PromptOptimExtension(ComfyExtension):

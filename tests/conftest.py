@@ -140,8 +140,11 @@ def pack(comfy):
 
     # ComfyUI registers a pack under its folder path (dots escaped) as the package name.
     package = next(name for name in sys.modules if name.endswith(os.sep + "custom_nodes" + os.sep + "prompt-optim"))
-    names = ["core.prediction", "core.text_encoder", "core.conditioning", "nodes.comfy_text_encoder",
-             "nodes.comfy_denoiser", "nodes.errors", "core.rewards", "nodes.comfy_reward", "nodes.reward_nodes",
-             "nodes.likelihood_node"]
-    return types.SimpleNamespace(**{n.replace(".", "_") if n == "core.rewards" else n.split(".")[-1]:
-                                    importlib.import_module(f"{package}.{n}") for n in names})
+    # attribute -> module: the names the tests use
+    modules = {"prediction": "core.shared.prediction", "text_encoder": "core.shared.text_encoder",
+               "conditioning": "core.shared.conditioning", "comfy_text_encoder": "nodes.comfy.text_encoder",
+               "comfy_denoiser": "nodes.comfy.denoiser", "errors": "nodes.comfy.errors", "core_rewards": "core.rewards",
+               "comfy_reward": "nodes.comfy.reward", "reward_nodes": "nodes.rewards.nodes",
+               "likelihood_node": "nodes.diagnostics.likelihood"}
+    loaded = {attr: importlib.import_module(f"{package}.{name}") for attr, name in modules.items()}
+    return types.SimpleNamespace(package=package, **loaded)

@@ -1,4 +1,4 @@
-"""Unit tests for core/date.py (DATE: per-sample normalized gradient updates of a text embedding).
+"""Unit tests for core/date/update.py (DATE: per-sample normalized gradient updates of a text embedding).
 
 Plain PyTorch on the CPU; no ComfyUI, no checkpoints. Objectives are chosen so that the true gradient is
 known in closed form, and expected values are computed from that formula, not from autograd.
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from core.date import (
+from core.date.update import (
     DateSettings,
     DateSettingsError,
     UpdateRecord,
@@ -16,8 +16,8 @@ from core.date import (
     date_update,
     guided_x0,
     normalized_per_sample,
-    pixels_from_decoder,
 )
+from core.shared.pixels import pixels_from_decoder
 
 B, T, W = 3, 7, 16  # batch, tokens, width: a small stand-in for (B, 77, 768)
 

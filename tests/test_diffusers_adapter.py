@@ -1,13 +1,13 @@
-"""core.diffusers_adapter on tiny random diffusers/transformers models (no ComfyUI involved)."""
+"""core.shared.diffusers_adapter on tiny random diffusers/transformers models (no ComfyUI involved)."""
 import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from core.conditioning import TextConditioning  # noqa: E402
-from core.diffusers_adapter import DiffusersDenoiser, TransformersTextEncoder  # noqa: E402
-from core.text_encoder import LearnableTokens  # noqa: E402
+from core.shared.conditioning import TextConditioning  # noqa: E402
+from core.shared.diffusers_adapter import DiffusersDenoiser, TransformersTextEncoder  # noqa: E402
+from core.shared.text_encoder import LearnableTokens  # noqa: E402
 from devtools.comfy_path import comfyui_root  # noqa: E402
 
 

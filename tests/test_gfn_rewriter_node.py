@@ -15,7 +15,7 @@ def _graph(policy=NAMES["policy"], prompt="a cat", count=3, mode="sampling", see
 def test_rewrites_are_a_list_equal_to_core_sampling_and_repeat_with_the_seed(comfy, pack, prompt_rewriters):
     import importlib
 
-    package = pack.errors.__name__.rsplit(".", 2)[0]
+    package = pack.package
     core_rewrite = importlib.import_module(f"{package}.core.gfn_rewriter.rewrite")
     folder = importlib.import_module(f"{package}.core.gfn_rewriter.policy_folder")
     ui = comfy.run(_graph(prompt="a cat\nthe old house"))

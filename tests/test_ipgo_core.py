@@ -1,4 +1,4 @@
-"""Unit tests for core/ipgo.py (plain PyTorch on the CPU, no ComfyUI).
+"""Unit tests for core/ipgo/optimize.py (plain PyTorch on the CPU, no ComfyUI).
 
 Rewards here are closed-form functions of the conditioning, so the training loop's bookkeeping (best
 epoch, learning-rate schedule, accumulation, cancel) can be checked exactly.
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from core.ipgo import (
+from core.ipgo.optimize import (
     BoundaryTokens,
     IpgoSettings,
     IpgoSettingsError,

@@ -1,4 +1,4 @@
-"""Unit tests for core/minority.py and core/likelihood.py (plain PyTorch on the CPU, no ComfyUI).
+"""Unit tests for core/minority/optimize.py and core/diagnostics/likelihood.py (plain PyTorch on the CPU, no ComfyUI).
 
 The denoisers here are small closed-form stand-ins for a UNet: a Gaussian-data denoiser whose optimal
 x0 estimate is known exactly, plus a smooth text-dependent term so a token can move the estimate.
@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from core.conditioning import TextConditioning
-from core.denoiser import Denoiser
-from core.likelihood import denoising_loss, level_fractions, noise_error_scale
-from core.minority import (
+from core.shared.conditioning import TextConditioning
+from core.shared.denoiser import Denoiser
+from core.diagnostics.likelihood import denoising_loss, level_fractions, noise_error_scale
+from core.minority.optimize import (
     MinoritySettings,
     MinoritySettingsError,
     initial_tokens,
@@ -22,7 +22,7 @@ from core.minority import (
     whole_embedding_encoder,
     whole_embedding_start,
 )
-from core.prediction import PredictionType, renoise, x0_from_output
+from core.shared.prediction import PredictionType, renoise, x0_from_output
 
 SIGMA_MIN, SIGMA_MAX = 0.03, 14.6
 DATA_STD = 0.8

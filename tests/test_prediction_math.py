@@ -1,9 +1,9 @@
-"""core.prediction's formulas equal ComfyUI's model_sampling for each prediction type."""
+"""core.shared.prediction's formulas equal ComfyUI's model_sampling for each prediction type."""
 import pytest
 import torch
 
-from core import prediction as P
-from core.prediction import PredictionType
+from core.shared import prediction as P
+from core.shared.prediction import PredictionType
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from core.gradient_check import directional_check
+from core.diagnostics.gradient_check import directional_check
 from core.rewards import (FAMILIES, ImageTransform, RewardCheckpointError, RewardFileError, RewardInputError,
                           WeightedReward, load_reward)
 from core.rewards.local_files import read_state_dict

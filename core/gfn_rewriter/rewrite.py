@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from ..settings_error import SettingsError
+from ..shared.settings_error import SettingsError
 from . import trajectories
 from .diverse_beam_search import diverse_beam_search
 

@@ -1,0 +1,1 @@
+"""Measurements that are not methods: the denoising-likelihood estimate and the gradient check."""

@@ -1,0 +1,1 @@
+"""MinorityPrompt's math (arXiv 2410.07838): the objective, token initializations, per-step optimization."""

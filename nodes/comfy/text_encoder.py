@@ -1,0 +1,133 @@
+"""core.TextEncoder over a ComfyUI CLIP object, differentiable w.r.t. spliced token embeddings.
+
+Learnable vectors travel the same way `embedding:name` textual inversions do: as tensor entries in
+ComfyUI's token lists, which comfy/sd1_clip.py splices into the input embeddings. Two things make the
+encoder differentiable for the duration of a `with` block and are undone afterwards: ordinary copies
+of the inference-mode weights (core.shared.autograd_weights) and an out-of-place forward for CLIP layers,
+whose stock forward adds residuals in place (which autograd cannot differentiate).
+"""
+from __future__ import annotations
+
+import types
+from contextlib import ExitStack, contextmanager
+
+import torch
+import comfy.clip_model
+
+from ...core.shared.autograd_weights import autograd_ready
+from ...core.shared.conditioning import TextConditioning
+from ...core.shared.text_encoder import LearnableTokens, TextEncoder
+
+
+def _clip_layer_forward_out_of_place(self, x, mask=None, optimized_attention=None):
+    x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
+    return x + self.mlp(self.layer_norm2(x))
+
+
+@contextmanager
+def out_of_place_clip_layers(module: torch.nn.Module):
+    """Give each CLIP layer of `module` an out-of-place forward (instance attribute), removed on exit."""
+    layers = [m for m in module.modules() if isinstance(m, comfy.clip_model.CLIPLayer)]
+    for layer in layers:
+        layer.forward = types.MethodType(_clip_layer_forward_out_of_place, layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+
+
+def splice(chunks: list, vectors: torch.Tensor, position: str, start_token: int, end_token: int,
+           pad_token: int) -> list:
+    """Insert `vectors` (n, width) into ComfyUI token chunks, keeping each chunk's length.
+
+    "end": before the end-of-text token of the last chunk; "start": right after start-of-text of the
+    first. n padding entries are dropped from that chunk's tail so its length stays the model's.
+    """
+    chunks = [list(c) for c in chunks]
+    index = 0 if position == "start" else len(chunks) - 1
+    chunk = chunks[index]
+    ids = [entry[0] if isinstance(entry[0], int) else None for entry in chunk]
+    if position == "start":
+        at = 1 if ids and ids[0] == start_token else 0
+    else:
+        at = ids.index(end_token, 1) if end_token in ids[1:] else len(chunk)
+    tail_pads = 0
+    for token in reversed(ids[at + 1:]):
+        if token != pad_token:
+            break
+        tail_pads += 1
+    n = vectors.shape[0]
+    if tail_pads < n:
+        raise ValueError(f"the prompt leaves no room for {n} more token(s) in its {len(chunk)}-token window; "
+                         "shorten the prompt")
+    chunk[at:at] = [(vectors, 1.0)]
+    del chunk[len(chunk) - n:]
+    chunks[index] = chunk
+    return chunks
+
+
+class ComfyTextEncoder(TextEncoder):
+    """Use as a context manager around a block of differentiable encodes (one weight copy per block)."""
+
+    def __init__(self, clip):
+        self.clip = clip
+        self.keys = sorted(clip.tokenize("").keys())
+        self._stack: ExitStack | None = None
+        self.extra_bytes = 0
+
+    def _part(self, key: str):
+        return getattr(self.clip.cond_stage_model, f"clip_{key}")
+
+    def _tokenizer(self, key: str):
+        return getattr(self.clip.tokenizer, f"clip_{key}")
+
+    @property
+    def token_widths(self) -> dict[str, int]:
+        return {k: self._part(k).transformer.get_input_embeddings().weight.shape[1] for k in self.keys}
+
+    def vocabulary(self, encoder: str) -> torch.Tensor:
+        with torch.inference_mode(False):
+            return self._part(encoder).transformer.get_input_embeddings().weight.detach().float().clone()
+
+    def word_embeddings(self, encoder: str, text: str) -> torch.Tensor:
+        tok = self._tokenizer(encoder)
+        ids = [e[0] for e in tok.tokenize_with_weights(text)[0]]
+        body = ids[1:ids.index(tok.end_token, 1)] if tok.end_token in ids[1:] else ids[1:]
+        if not body:
+            raise ValueError(f"{text!r} has no tokens")
+        with torch.inference_mode(False):
+            table = self._part(encoder).transformer.get_input_embeddings().weight
+            return table[torch.tensor(body, device=table.device)].detach().float().clone()
+
+    def __enter__(self):
+        self.clip.load_model()
+        self._stack = ExitStack()
+        model = self.clip.cond_stage_model
+        self.extra_bytes = self._stack.enter_context(autograd_ready(model)).extra_bytes
+        self._stack.enter_context(out_of_place_clip_layers(model))
+        return self
+
+    def __exit__(self, *exc):
+        stack, self._stack = self._stack, None
+        return stack.__exit__(*exc)
+
+    def tokens(self, prompt: str, learnable: LearnableTokens | None = None) -> dict:
+        tokens = self.clip.tokenize(prompt)
+        if learnable is not None:
+            self.check_learnable(learnable)
+            for key in self.keys:
+                tok = self._tokenizer(key)
+                pad = getattr(tok, "pad_token", tok.end_token)
+                tokens[key] = splice(tokens[key], learnable.vectors[key], learnable.position,
+                                     tok.start_token, tok.end_token, pad)
+        return tokens
+
+    def encode(self, prompt: str, learnable: LearnableTokens | None = None) -> TextConditioning:
+        if self._stack is None:
+            with self:
+                return self.encode(prompt, learnable)
+        tokens = self.tokens(prompt, learnable)
+        with torch.inference_mode(False), torch.enable_grad():
+            cond, pooled = self.clip.encode_from_tokens(tokens, return_pooled=True)
+        return TextConditioning(cond, pooled)

@@ -1,0 +1,1 @@
+"""Text-encode nodes the methods share: keep the prompt text, many prompts as one batch."""

@@ -1,0 +1,1 @@
+"""DATE's ComfyUI face: its guider and nodes."""

@@ -1,0 +1,149 @@
+"""DATE nodes: a GUIDER for SamplerCustomAdvanced and a KSampler-like node."""
+from __future__ import annotations
+
+import latent_preview
+from comfy_api.latest import io
+
+from ...core.date.update import RULES, SCHEDULES, DateSettings, DateSettingsError, UpdateSchedule
+from ..comfy.errors import NodeInputError, settings_input_error
+from ..comfy.ksampler_path import guider_inputs, ksampler_inputs, ksampler_sigmas, sample_like_ksampler
+from ..comfy.model_family import model_family
+from ..comfy.socket_types import RewardModel
+from ..conditioning.keep_text import ENCODE_NODE, stored_prompt
+from .guider import DateGuider
+
+GUIDER_NODE = "DATE Guider"
+SAMPLER_NODE = "DATE KSampler"
+
+RULE_HELP = ("cumulative: c = c + rho * g/||g||, updates add up (the authors' released code, default). "
+             "paper: c = c_original + rho * g/||g|| at every update (the paper's text), so the embedding stays "
+             "at distance rho from the prompt's own however many updates run.")
+SCHEDULE_HELP = ("Which steps update the embedding, read with schedule_value: every_k_steps '10' -> steps "
+                 "0, 10, 20, ... ('1' = every step); percent_of_steps '10' -> 10% of the steps, evenly "
+                 "spaced; step_list '0, 5, 20-24' (ranges inclusive, step 0 is the first); sigma_range "
+                 "'1.0-6.0' -> steps starting at a sigma in that range. Paper: every 10th of 50 steps "
+                 "('10% update') or every step.")
+
+
+
+
+# core settings fields -> this node's inputs, where the names differ (UpdateSchedule's kind and value)
+SETTINGS_INPUTS = {"kind": "schedule", "value": "schedule_value"}
+MODEL_HELP = "The diffusion model (SD1.x, SD2.x or SDXL). It is not modified."
+POSITIVE_HELP = ("The prompt's conditioning; DATE updates a copy of its token states. One entry (not combined "
+                 "or area conditioning).")
+NEGATIVE_HELP = "The negative/unconditional conditioning; DATE never changes it."
+CFG_HELP = ("Classifier-free guidance scale (the authors' released commands: --w=8; their script's default: "
+            "7.5). The reward sees the guided x0 estimate.")
+
+
+def _date_inputs() -> list:
+    return [
+        io.Vae.Input("vae", tooltip="Decodes the x0 estimate for the reward. A TAESD (Load VAE -> taesd / "
+                                   "taesdxl) is much cheaper and slightly less faithful; see decode_scale."),
+        RewardModel.Input("reward", tooltip="The reward to raise (Load Reward Model, or Combine "
+                                                          "Rewards for a weighted sum)."),
+        io.Float.Input("rho", default=0.5, min=0.001, max=100.0, step=0.01,
+                       tooltip="Update size: the Frobenius norm of each update of the token states "
+                               "(the authors' README commands: 0.5; their script's default: 0.1)."),
+        io.Combo.Input("rule", options=list(RULES), default="cumulative", tooltip=RULE_HELP),
+        io.Combo.Input("schedule", options=list(SCHEDULES), default="every_k_steps", tooltip=SCHEDULE_HELP),
+        io.String.Input("schedule_value", default="10", tooltip=SCHEDULE_HELP),
+        io.Int.Input("iterations", default=1, min=1, max=20,
+                     tooltip="Gradient steps per update step (authors: 1). Each costs one conditional "
+                             "prediction, a VAE decode and a reward pass with backward."),
+        io.Float.Input("prior_weight", default=0.0, min=0.0, max=1e6, step=0.01,
+                       tooltip="Optional penalty w * mean((c_original - c)^2) that keeps the embedding near "
+                               "the prompt's (authors' code, default 0 = off)."),
+        io.Combo.Input("decode_scale", options=["1.0", "0.5", "0.25"], default="1.0",
+                       tooltip="Decode a downscaled latent for the reward: 0.5 costs about a quarter of the "
+                               "decode memory and time, and the reward sees a blurrier picture."),
+        io.String.Input("reward_prompt", default="", optional=True,
+                        tooltip="Text the reward scores against. Empty: the text stored by 'CLIP Text Encode, "
+                                "keep text' in the positive conditioning."),
+    ]
+
+
+def _reward_prompt(node: str, positive, given: str | None) -> str:
+    if given and given.strip():
+        return given
+    stored = stored_prompt(positive)
+    if stored is None:
+        raise NodeInputError(node, "reward_prompt", "empty, and the positive conditioning carries no text: type "
+                                                    "the prompt here or encode it with '" + ENCODE_NODE + "'.")
+    return stored
+
+
+def build_guider(node: str, model, positive, negative, cfg, vae, reward, rho, rule, schedule, schedule_value,
+                 iterations, prior_weight, decode_scale, reward_prompt) -> DateGuider:
+    model_family(model, node)  # refuses families whose gradients we have not verified
+    if vae is None:
+        raise NodeInputError(node, "vae", "no VAE connected; the reward needs decoded images.")
+    try:
+        settings = DateSettings(rho=rho, rule=rule, prior_weight=prior_weight, iterations=iterations)
+        plan = UpdateSchedule(schedule, schedule_value)
+    except DateSettingsError as e:
+        raise settings_input_error(node, e, SETTINGS_INPUTS, fallback="schedule_value") from None
+    text = _reward_prompt(node, positive, reward_prompt)
+    guider = DateGuider(model, cfg, settings, plan, reward, vae, text, decode_scale=float(decode_scale))
+    guider.set_conds(positive, negative)
+    return guider
+
+
+class DateGuiderNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PromptOptim_DATEGuider",
+            display_name=GUIDER_NODE,
+            category="prompt_optim/date",
+            description="DATE (Diffusion Adaptive Text Embedding): classifier-free guidance whose positive text "
+                        "embedding moves toward a higher reward at scheduled steps. At an update step the reward "
+                        "is measured on the decoded CFG x0 estimate and the token states follow its normalized "
+                        "gradient; the negative never changes. Use with SamplerCustomAdvanced and any sampler "
+                        "and sigmas.",
+            inputs=[*guider_inputs(model_help=MODEL_HELP, cfg_default=8.0, cfg_help=CFG_HELP,
+                                   positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP),
+                    *_date_inputs()],
+            outputs=[io.Guider.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, cfg, vae, reward, rho, rule, schedule, schedule_value,
+                iterations, prior_weight, decode_scale, reward_prompt=None) -> io.NodeOutput:
+        return io.NodeOutput(build_guider(GUIDER_NODE, model, positive, negative, cfg, vae, reward, rho, rule,
+                                          schedule, schedule_value, iterations, prior_weight, decode_scale,
+                                          reward_prompt))
+
+
+class DateSamplerNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PromptOptim_DATESampler",
+            display_name=SAMPLER_NODE,
+            category="prompt_optim/date",
+            description="KSampler with DATE: same inputs and the same noise as KSampler, plus the DATE settings "
+                        "(see DATE Guider). Outputs the latent and a report of the reward at every update.",
+            inputs=[
+                *ksampler_inputs(model_help=MODEL_HELP, seed_help="Noise seed (the same noise as KSampler with this seed).",
+                                 steps_help="Sampling steps (paper: 50).", cfg_default=8.0, cfg_help=CFG_HELP,
+                                 positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP),
+                *_date_inputs(),
+            ],
+            outputs=[io.Latent.Output(), io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+                vae, reward, rho, rule, schedule, schedule_value, iterations, prior_weight, decode_scale,
+                reward_prompt=None) -> io.NodeOutput:
+        guider = build_guider(SAMPLER_NODE, model, positive, negative, cfg, vae, reward, rho, rule, schedule,
+                              schedule_value, iterations, prior_weight, decode_scale, reward_prompt)
+        sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
+        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+        out = sample_like_ksampler(guider, model, seed, sampler_name, sigmas, latent_image, callback)
+        return io.NodeOutput(out, guider.last_run.report(reward.label))
+
+
+NODES = [DateGuiderNode, DateSamplerNode]

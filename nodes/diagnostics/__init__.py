@@ -1,0 +1,1 @@
+"""Diagnostic nodes: denoising likelihood and gradient check."""

@@ -1,0 +1,1 @@
+"""IPGO's ComfyUI face: the token sequences, the differentiable render, the nodes and their reward plot."""

@@ -1,0 +1,1 @@
+"""MinorityPrompt's ComfyUI face: the placeholder token, its guider and nodes."""

@@ -1,0 +1,175 @@
+"""MinorityGuider: CFG whose positive carries a placeholder token optimized toward minority samples.
+
+At each scheduled step (SteppedGuider: any sampler and sigmas) the placeholder's input embedding
+takes K Adam steps of core.minority.optimize_step, re-encoding the prompt through the user's CLIP on
+every iteration; the step itself is then taken with plain CFG and the optimized conditioning. The
+CLIP rides along as an additional model of a cloned ModelPatcher, so ComfyUI loads it with the
+diffusion model and can offload both afterwards; the user's model, CLIP and conditioning are not
+changed (weight copies for autograd exist only during an optimized step). With target
+"whole_embedding" (the paper's ablation) the prompt's encoder output itself is optimized and the CLIP
+is not re-run.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ...core.minority.optimize import (MinoritySettings, StepResult, optimize_step, whole_embedding_encoder,
+                                       whole_embedding_start)
+from ...core.shared.autograd_weights import autograd_ready
+from ...core.shared.conditioning import TextConditioning
+from ...core.shared.text_encoder import LearnableTokens
+from ..comfy.denoiser import ComfyDenoiser
+from ..comfy.step_guider import GuiderError, SteppedGuider, progress_text
+from ..comfy.text_encoder import ComfyTextEncoder
+from .placeholder_token import SPEC_KEY, LearnedToken, PlaceholderSpec
+
+ADDITIONAL_MODELS_KEY = "prompt_optim_minority"
+log = logging.getLogger("prompt_optim.minority")
+
+
+@dataclass
+class MinorityRun:
+    planned: list[int] = field(default_factory=list)
+    steps: list[tuple[int, float, StepResult]] = field(default_factory=list)  # (step, sigma, result)
+    token: LearnedToken | None = None
+    conditioning: TextConditioning | None = None  # the last optimized conditioning (batch)
+
+    def report(self) -> str:
+        if not self.steps:
+            return f"MinorityPrompt: no optimized step in this schedule (planned {self.planned})."
+        lines = [f"MinorityPrompt: {len(self.steps)} optimized steps {[s[0] for s in self.steps]}"]
+        for step, sigma, result in self.steps:
+            first, last = result.objectives[0], result.objectives[-1]
+            lines.append(f"step {step} (sigma {sigma:.3f}, re-noise sigma {result.renoise_sigma:.3f}): "
+                         f"objective {first:.5g} -> {last:.5g} over {len(result.objectives)} iterations")
+            if result.before is not None:
+                lines.append(f"  same noise before/after: {result.before.mean():.5g} -> {result.after.mean():.5g}")
+        return "\n".join(lines)
+
+
+def spec_of(positive) -> PlaceholderSpec | None:
+    specs = [entry[1].get(SPEC_KEY) for entry in positive if entry[1].get(SPEC_KEY) is not None]
+    return specs[0] if specs else None
+
+
+class MinorityGuider(SteppedGuider):
+    method = "MinorityPrompt"
+
+    def __init__(self, model_patcher, cfg: float, settings: MinoritySettings, spec: PlaceholderSpec,
+                 per_image: bool = True, probe: bool = False):
+        model_patcher = model_patcher.clone()
+        model_patcher.set_additional_models(ADDITIONAL_MODELS_KEY, [spec.clip.patcher])
+        super().__init__(model_patcher)
+        self.set_cfg(cfg)
+        self.settings, self.spec, self.per_image, self.probe = settings, spec, per_image, probe
+        self.on_iteration: Callable[[int, int, float], None] | None = None  # (step, k, objective), e.g. a bar
+        self.last_run = MinorityRun()
+
+    def begin_run(self):
+        self.last_run = MinorityRun()
+        self._tokens = None
+        self._kept_positive = None
+
+    @property
+    def whole_embedding(self) -> bool:
+        return self.settings.target == "whole_embedding"
+
+    def end_run(self):
+        if self._tokens is not None and not self.whole_embedding:  # the ablation has no token to save
+            self.last_run.token = LearnedToken({k: v.cpu() for k, v in self._tokens.items()},
+                                               self.spec.position, self.spec.text)
+
+    def planned_steps(self, sigmas: list[float]) -> list[int]:
+        self.last_run.planned = self.settings.steps(len(sigmas) - 1)
+        return self.last_run.planned
+
+    def positive_between(self):
+        return self._kept_positive if self.settings.between_steps == "keep" else None
+
+    # -- an optimized step -----------------------------------------------------------------------
+    def _encoder_batch(self, encoder: ComfyTextEncoder, tokens, batch: int) -> TextConditioning:
+        parts = []
+        rows = next(iter(tokens.values())).shape[0]
+        for i in range(rows):
+            learnable = LearnableTokens({k: v[i:i + 1] for k, v in tokens.items()}, self.spec.position)
+            parts.append(encoder.encode(self.spec.text, learnable))
+        cross = torch.cat([p.cross_attn for p in parts])
+        pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
+        if rows != batch:  # one shared token
+            cross = cross.expand(batch, *cross.shape[1:])
+            pooled = None if pooled is None else pooled.expand(batch, *pooled.shape[1:])
+        return TextConditioning(cross, pooled)
+
+    def _noise(self, seed, step: int, like: torch.Tensor):
+        base = 0 if seed is None else int(seed)
+
+        def draw(k: int) -> torch.Tensor:
+            generator = torch.Generator().manual_seed((base * 1_000_003 + step * 1009 + k) % (2**63))
+            return torch.randn(like.shape, generator=generator).to(like.device, like.dtype)
+        return draw
+
+    def _iteration_hook(self, step: int):
+        bar = comfy.utils.ProgressBar(self.settings.iterations) if self.on_iteration is None else None
+
+        def after(k: int, objective: float) -> None:
+            if bar is not None:
+                bar.update_absolute(k + 1, self.settings.iterations)
+            else:
+                self.on_iteration(step, k, objective)
+            progress_text(f"MinorityPrompt step {step}: iteration {k + 1}/{self.settings.iterations}, "
+                          f"objective {objective:.5g}")
+        return after
+
+    def scheduled_step(self, x, timestep, model_options, seed, step, sigmas):
+        entry = self.positive_entry()
+        batch = x.shape[0]
+        sigma = float(timestep.reshape(-1)[0])
+        with ExitStack() as stack:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(autograd_ready(self.inner_model))
+            encoder = None if self.whole_embedding else stack.enter_context(ComfyTextEncoder(self.spec.clip))
+            # sampler-side tensors were made under inference mode; autograd may need to save them
+            x_ = x.clone()
+            pooled = entry.get("pooled_output")
+            original = TextConditioning(entry["cross_attn"].clone(), None if pooled is None else pooled.clone())
+            if original.cross_attn.shape[0] not in (1, batch):
+                raise GuiderError(f"the positive conditioning has batch {original.cross_attn.shape[0]}, "
+                                  f"the latent {batch}.")
+            denoiser = ComfyDenoiser(self.inner_model, [dict(entry)], model_options)
+            rows = batch if self.per_image else 1
+            if self.whole_embedding:
+                encode = whole_embedding_encoder(original, batch)
+                if self._tokens is None:
+                    self._tokens = whole_embedding_start(original, rows)
+            else:
+                def encode(t):
+                    return self._encoder_batch(encoder, t, batch)
+                if self._tokens is None:
+                    self._tokens = self.spec.start_tokens(encoder, rows)
+            device = x.device
+            start = {k: v.to(device) for k, v in self._tokens.items()}
+            result = optimize_step(
+                denoiser, encode, original, x_, sigma, float(sigmas[step + 1]), start,
+                self.settings, self._noise(seed, step, x_), probe=self.probe,
+                before_iteration=lambda k: mm.throw_exception_if_processing_interrupted(),
+                after_iteration=self._iteration_hook(step))
+            self._tokens = result.tokens
+            with torch.no_grad():
+                current = encode(result.tokens)
+                current = TextConditioning(current.cross_attn.detach().clone(),
+                                           None if current.pooled is None else current.pooled.detach().clone())
+        self.last_run.steps.append((step, sigma, result))
+        self.last_run.conditioning = current
+        log.info("MinorityPrompt step %d: objective %.5g -> %.5g", step, result.objectives[0], result.objectives[-1])
+        positive = denoiser.conds_with_text(current, x)
+        self._kept_positive = positive
+        uncond, uncond_pred = self.uncond_prediction(x, timestep, model_options)
+        return self.guided(x, timestep, model_options, positive, uncond, uncond_pred)

@@ -1,0 +1,1 @@
+"""Reward nodes and the models/rewards folder."""

@@ -31,6 +31,16 @@ class GraphError(RuntimeError):
                          f"{message.get('exception_type')}: {message.get('exception_message')}")
 
 
+class InvalidGraph(ValueError):
+    """The graph was refused when queued (ComfyUI's validation, including nodes' validate_inputs)."""
+
+    def __init__(self, error: dict, node_errors: dict):
+        self.error, self.node_errors = error, node_errors
+        # one line per refused input: ComfyUI's details, e.g. "last_steps - [IPGO ...] input 'last_steps': ..."
+        self.details = [e.get("details", "") for node in node_errors.values() for e in node.get("errors", [])]
+        super().__init__(f"invalid graph: {error} {node_errors}")
+
+
 class InProcessComfy:
     def __init__(self, base_dir: Path):
         configure_comfy_args(base_dir)
@@ -50,7 +60,7 @@ class InProcessComfy:
         prompt_id = str(uuid.uuid4())
         valid, error, outputs, node_errors = asyncio.run(self.execution.validate_prompt(prompt_id, graph, None))
         if not valid:
-            raise ValueError(f"invalid graph: {error} {node_errors}")
+            raise InvalidGraph(error, node_errors)
         self.executor.execute(graph, prompt_id, {"client_id": "tests"}, outputs)
         if not self.executor.success:
             for event, data in self.executor.status_messages:

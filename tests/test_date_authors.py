@@ -87,20 +87,20 @@ def date_models(base_dir) -> tuple[str, str]:
 @pytest.fixture
 def recorder(comfy, monkeypatch):
     """Each update step's starting state x, sigma list and embeddings before/after (read only)."""
-    module = sys.modules[comfy.nodes.NODE_CLASS_MAPPINGS[NODE].__module__]
-    guider_cls = module.DateGuider
-    original = guider_cls.scheduled_step
+    nodes_module = sys.modules[comfy.nodes.NODE_CLASS_MAPPINGS[NODE].__module__]
+    step_cls = sys.modules[nodes_module.date_guider.__module__].DateStep
+    original = step_cls.optimize
     records = []
 
-    def scheduled_step(self, x, timestep, model_options, seed, step, sigmas):
+    def optimize(self, at):
         before = self._current.detach().clone()
-        out = original(self, x, timestep, model_options, seed, step, sigmas)
-        records.append({"step": step, "sigma": float(timestep.reshape(-1)[0]), "sigmas": list(sigmas),
-                        "x": x.detach().float().cpu().clone(), "before": before.float().cpu(),
+        out = original(self, at)
+        records.append({"step": at.step, "sigma": at.sigma, "sigmas": list(at.sigmas),
+                        "x": at.x.detach().float().cpu().clone(), "before": before.float().cpu(),
                         "after": self._current.detach().float().cpu().clone()})
         return out
 
-    monkeypatch.setattr(guider_cls, "scheduled_step", scheduled_step)
+    monkeypatch.setattr(step_cls, "optimize", optimize)
     return records
 
 
@@ -193,12 +193,13 @@ def test_date_guider_reproduces_the_authors_code(comfy, date_models, authors, re
     deviations = {}
 
     # the inputs: defaults that must be the authors' command, tokens, embeddings, noise, sigmas
-    assert guider.settings.rule == "cumulative", f"the node's default rule is {guider.settings.rule!r}"
-    assert (guider.settings.iterations, guider.settings.prior_weight) == (s["num_upt_prompt"], s["weight_prior"])
-    assert guider.reward_prompt == s["prompt"]
+    assert guider.method.settings.rule == "cumulative", f"the node's default rule is {guider.method.settings.rule!r}"
+    assert ((guider.method.settings.iterations, guider.method.settings.prior_weight)
+            == (s["num_upt_prompt"], s["weight_prior"]))
+    assert guider.method.reward_prompt == s["prompt"]
     assert [t for t, _ in clip.tokenize(s["prompt"])["l"][0]] == authors["input_ids"]
     assert [t for t, _ in clip.tokenize(s["negative_prompt"])["l"][0]] == authors["uncond_input_ids"]
-    backbone = guider.reward.reward.backbone
+    backbone = guider.method.reward.reward.backbone
     tokens = backbone.tokenizer([s["prompt"]], padding="max_length", max_length=77, return_tensors="pt")
     n = len(authors["reward_text_inputs"]["input_ids"][0])  # theirs: padding=True (to the longest)
     assert tokens["input_ids"][0, :n].tolist() == authors["reward_text_inputs"]["input_ids"][0]

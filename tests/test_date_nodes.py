@@ -6,7 +6,7 @@ CLIP, so the reward gradient reaches the text embedding through VAE, UNet and CF
 import pytest
 import torch
 
-from devtools.inprocess import GraphError
+from devtools.inprocess import GraphError, InvalidGraph
 from devtools.reward_models import NAMES
 from devtools.test_graphs import guided_sampling_graph
 from devtools.weights import changed_keys, snapshot
@@ -54,7 +54,7 @@ def _check_update_claims(guider, rho):
 def test_update_raises_the_reward_and_keeps_distance_rho_sd1(comfy, sd1_checkpoint):
     guider, _ = _run(comfy, date_graph(sd1_checkpoint.name))
     _check_update_claims(guider, 0.5)
-    assert guider.reward_prompt == PROMPT, "the keep-text encode node carries the prompt to the reward"
+    assert guider.method.reward_prompt == PROMPT, "the keep-text encode node carries the prompt to the reward"
 
 
 def test_cumulative_rule_adds_updates(comfy, sd1_checkpoint):
@@ -149,21 +149,41 @@ def test_schedule_without_updates_equals_ksampler(comfy, sd1_checkpoint):
 def test_decode_scale_and_prior_weight_run_through(comfy, sd1_checkpoint):
     guider, _ = _run(comfy, date_graph(sd1_checkpoint.name, decode_scale="0.5", prior_weight=10.0,
                                        rule="cumulative", iterations=2, batch=1))
-    assert guider.decode_scale == 0.5 and len(guider.last_run.updates) == 4
+    assert guider.method.decode_scale == 0.5 and len(guider.last_run.updates) == 4
     # a reward gradient still arrives through the half-size decode
     assert all((rec.grad_norms > 0).all() for _, _, recs in guider.last_run.updates for rec in recs)
 
 
 @pytest.mark.parametrize("change, input_name, words", [
     ({"encode": "CLIPTextEncode"}, "reward_prompt", "carries no text"),
-    ({"schedule_value": "every now and then"}, "schedule_value", "cannot read"),
-    ({"schedule": "percent_of_steps", "schedule_value": "0"}, "schedule_value", "(0, 100]"),
 ])
 def test_bad_settings_name_the_input(comfy, sd1_checkpoint, change, input_name, words):
     with pytest.raises(GraphError) as error:
         comfy.run(date_graph(sd1_checkpoint.name, **change))
     message = error.value.message["exception_message"]
     assert "[DATE Guider]" in message and f"input '{input_name}'" in message and words in message
+
+
+@pytest.mark.parametrize("change, input_name, words", [
+    ({"schedule_value": "every now and then"}, "schedule_value", "cannot read"),
+    ({"schedule": "percent_of_steps", "schedule_value": "0"}, "schedule_value", "(0, 100]"),
+    ({"schedule": "every_hour"}, "schedule", "is not one of"),  # ComfyUI's own option check, kept
+])
+def test_bad_schedule_is_refused_when_queued(comfy, sd1_checkpoint, change, input_name, words):
+    with pytest.raises(InvalidGraph) as error:  # validate_inputs: nothing ran
+        comfy.run(date_graph(sd1_checkpoint.name, **change))
+    message = "\n".join(error.value.details)
+    assert "[DATE Guider]" in message and f"input '{input_name}'" in message and words in message
+
+
+def test_linked_schedule_value_is_still_checked_when_run(comfy, sd1_checkpoint):
+    graph = date_graph(sd1_checkpoint.name)
+    graph["value"] = {"class_type": "PrimitiveString", "inputs": {"value": "every now and then"}}
+    graph["guider"]["inputs"]["schedule_value"] = ["value", 0]
+    with pytest.raises(GraphError) as error:
+        comfy.run(graph)
+    message = error.value.message["exception_message"]
+    assert "[DATE Guider]" in message and "input 'schedule_value'" in message and "cannot read" in message
 
 
 def test_unsupported_family_is_refused(comfy, sd1_checkpoint, ip2p_unet):
@@ -193,7 +213,7 @@ def test_cancel_inside_the_update_loop(comfy, sd1_checkpoint):
     graph = date_graph(sd1_checkpoint.name, batch=1, iterations=3)
     comfy.run(graph)
     guider = comfy.node_outputs("guider")[0][0]
-    reward = guider.reward.reward
+    reward = guider.method.reward.reward
     calls = []
 
     def interrupt(module, args, output):

@@ -9,7 +9,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from devtools.inprocess import GraphError
+from devtools.inprocess import GraphError, InvalidGraph
 from devtools.reward_models import NAMES
 from devtools.weights import changed_keys, snapshot
 
@@ -179,7 +179,12 @@ def test_bad_inputs_are_refused_with_the_node_and_input_named(comfy, sd1_checkpo
     assert "input 'prompts'" in _error(comfy, optimize_graph(name, "  \n "))
     message = _error(comfy, optimize_graph(name, "a " * 70))
     assert "input 'prompts'" in message and "window" in message
-    assert "input 'last_steps'" in _error(comfy, optimize_graph(name, steps=4, last_steps=4))
+    with pytest.raises(InvalidGraph) as error:  # refused when queued (validate_inputs)
+        comfy.run(optimize_graph(name, steps=4, last_steps=4))
+    assert "input 'last_steps'" in "\n".join(error.value.details)
+    with pytest.raises(InvalidGraph) as error:  # ComfyUI's own range check, kept for inputs validate_inputs takes
+        comfy.run(optimize_graph(name, last_steps=0))
+    assert "input 'last_steps'" in "\n".join(error.value.details)
     message = _error(comfy, optimize_graph(name, rank=1000))
     assert "input 'rank'" in message and "768" in message
     graph = optimize_graph(name)

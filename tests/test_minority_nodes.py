@@ -6,7 +6,7 @@ J is summed in float64 so those moves are still measured above rounding.
 import pytest
 import torch
 
-from devtools.inprocess import GraphError
+from devtools.inprocess import GraphError, InvalidGraph
 from devtools.test_graphs import guided_sampling_graph
 from devtools.weights import changed_keys, snapshot
 
@@ -286,8 +286,12 @@ def test_bad_inputs_are_refused_with_the_node_and_input_named(comfy, sd1_checkpo
     message = _error(comfy, graph)
     assert "input 'text'" in message and "shorten the prompt" in message
 
-    graph = minority_graph(name, token_per_image=False, diversity=0.5)
-    assert "input 'diversity'" in _error(comfy, graph)
+    with pytest.raises(InvalidGraph) as error:  # refused when queued (validate_inputs)
+        comfy.run(minority_graph(name, token_per_image=False, diversity=0.5))
+    assert "input 'diversity'" in "\n".join(error.value.details)
+    with pytest.raises(InvalidGraph) as error:  # ComfyUI's own range check, kept for inputs validate_inputs takes
+        comfy.run(minority_graph(name, diversity=-1.0))
+    assert "input 'diversity'" in "\n".join(error.value.details)
 
     graph = minority_graph(name)
     graph["unet"] = {"class_type": "UNETLoader", "inputs": {"unet_name": ip2p_unet.name, "weight_dtype": "default"}}

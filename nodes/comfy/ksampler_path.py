@@ -8,6 +8,7 @@ mask passed on, and the output latent as KSampler returns it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import comfy.model_management as mm
@@ -46,6 +47,38 @@ def ksampler_inputs(*, model_help: str, seed_help: str, steps_help: str, cfg_def
         io.Latent.Input("latent_image", tooltip=LATENT_HELP),
         io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=DENOISE_HELP),
     ]
+
+
+@dataclass(frozen=True)
+class GuidedMethodFace:
+    """What a method's guider node and its KSampler node share: category, help texts, cfg default and the
+    method's own settings inputs (after CFGGuider's or KSampler's inputs)."""
+
+    category: str
+    model_help: str
+    cfg_default: float
+    cfg_help: str
+    positive_help: str
+    negative_help: str
+    settings_inputs: Callable[[], list]
+
+    def guider_schema(self, *, node_id: str, display_name: str, description: str) -> io.Schema:
+        return io.Schema(
+            node_id=node_id, display_name=display_name, category=self.category, description=description,
+            inputs=[*guider_inputs(model_help=self.model_help, cfg_default=self.cfg_default, cfg_help=self.cfg_help,
+                                   positive_help=self.positive_help, negative_help=self.negative_help),
+                    *self.settings_inputs()],
+            outputs=[io.Guider.Output()])
+
+    def ksampler_schema(self, *, node_id: str, display_name: str, description: str, seed_help: str,
+                        steps_help: str, outputs: list) -> io.Schema:
+        return io.Schema(
+            node_id=node_id, display_name=display_name, category=self.category, description=description,
+            inputs=[*ksampler_inputs(model_help=self.model_help, seed_help=seed_help, steps_help=steps_help,
+                                     cfg_default=self.cfg_default, cfg_help=self.cfg_help,
+                                     positive_help=self.positive_help, negative_help=self.negative_help),
+                    *self.settings_inputs()],
+            outputs=outputs)
 
 
 def ksampler_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise: float):

@@ -7,6 +7,8 @@ from comfy_api.latest import io
 
 from ..comfy.errors import NodeInputError, require_prompt
 
+CATEGORY = "prompt_optim/conditioning"
+
 PROMPT_TEXT_KEY = "prompt_optim_text"  # the prompt a conditioning was encoded from, for rewards downstream
 ENCODE_NODE = "CLIP Text Encode, keep text"
 
@@ -23,7 +25,7 @@ class TextEncodeKeepText(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_TextEncodeKeepText",
             display_name=ENCODE_NODE,
-            category="prompt_optim/conditioning",
+            category=CATEGORY,
             description="CLIP Text Encode that also stores the prompt text in the conditioning, so reward-driven "
                         "nodes downstream (DATE) score images against the same text without retyping it. "
                         "Samples exactly like CLIP Text Encode.",

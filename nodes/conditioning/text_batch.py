@@ -15,6 +15,8 @@ from comfy_api.latest import io
 
 from ..comfy.errors import NodeInputError, require_prompt
 
+CATEGORY = "prompt_optim/conditioning"
+
 NODE = "CLIP Text Encode, One Image per Line"
 
 
@@ -52,7 +54,7 @@ class TextEncodeBatch(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_TextEncodeBatch",
             display_name=NODE,
-            category="prompt_optim/conditioning",
+            category=CATEGORY,
             description="Encodes each line of the text as its own prompt and stacks them into one conditioning, "
                         "row i for line i. With a latent of the same batch size, one sampler run draws image i "
                         "from prompt i: e.g. the GFlowNet Prompt Rewriter's 'text' output sampled in one batch "

@@ -1,13 +1,10 @@
-"""DateGuider: ComfyUI's CFGGuider with DATE updates of the positive text embedding at scheduled steps.
+"""DATE as a step method: updates of the positive text embedding at scheduled steps (StepOptimizerGuider).
 
-Step detection (any SAMPLER and SIGMAS, one update per scheduled step) comes from SteppedGuider.
-The VAE and reward ride along as additional models of a cloned ModelPatcher, so ComfyUI loads them
-with the diffusion model (and may offload them afterwards) through its memory manager.
+The VAE and reward are the method's additional models, so ComfyUI loads them with the diffusion model
+(and may offload them afterwards) through its memory manager.
 """
 from __future__ import annotations
 
-import logging
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -16,14 +13,12 @@ import comfy.model_management as mm
 import comfy.samplers
 
 from ...core.date.update import DateSettings, UpdateRecord, UpdateSchedule, date_update
-from ...core.shared.autograd_weights import autograd_ready
 from ..comfy.reward import ComfyReward
-from ..comfy.step_guider import GuiderError, SteppedGuider, progress_text
+from ..comfy.step_guider import GuiderError, ScheduledStep, StepMethod, StepOptimizerGuider, combine
 from ..comfy.vae_pixels import decode_pixels
 
-ADDITIONAL_MODELS_KEY = "prompt_optim_date"
-log = logging.getLogger("prompt_optim.date")
 DateGuiderError = GuiderError
+
 
 @dataclass
 class DateRun:
@@ -45,86 +40,84 @@ class DateRun:
         return "\n".join(lines)
 
 
-class DateGuider(SteppedGuider):
-    method = "DATE"
+class DateStep(StepMethod):
+    name = "DATE"
+    additional_models_key = "prompt_optim_date"
 
-    def __init__(self, model_patcher, cfg: float, settings: DateSettings, schedule: UpdateSchedule,
-                 reward: ComfyReward, vae, reward_prompt: str, decode_scale: float = 1.0):
-        model_patcher = model_patcher.clone()
-        model_patcher.set_additional_models(ADDITIONAL_MODELS_KEY, [vae.patcher, *reward.patchers])
-        super().__init__(model_patcher)
-        self.set_cfg(cfg)
+    def __init__(self, settings: DateSettings, schedule: UpdateSchedule, reward: ComfyReward, vae,
+                 reward_prompt: str, decode_scale: float = 1.0):
         self.settings, self.schedule = settings, schedule
         self.reward, self.vae, self.reward_prompt = reward, vae, reward_prompt
         self.decode_scale = decode_scale
-        self.last_run = DateRun()
+        self.run = DateRun()
+
+    def additional_models(self) -> list:
+        return [self.vae.patcher, *self.reward.patchers]
 
     # -- one run ---------------------------------------------------------------------------------
     def begin_run(self):
-        self.last_run = DateRun()
+        self.run = DateRun()
         self._current = None
 
     def end_run(self):
-        self.last_run.final = None if self._current is None else self._current.detach().cpu()
+        self.run.final = None if self._current is None else self._current.detach().cpu()
 
     def planned_steps(self, sigmas: list[float]) -> list[int]:
-        self.last_run.planned = self.schedule.steps(sigmas)
-        return self.last_run.planned
+        self.run.planned = self.schedule.steps(sigmas)
+        return self.run.planned
 
-    def _ensure_reference(self, batch: int) -> None:
+    def before_prediction(self, guider, x):
+        """The first call takes the prompt's token states as the reference (one row per image)."""
         if self._current is not None:
             return
-        cond = self.positive_entry()["model_conds"]["c_crossattn"].cond
+        cond = guider.positive_entry()["model_conds"]["c_crossattn"].cond
+        batch = x.shape[0]
         if cond.shape[0] not in (1, batch):
             raise DateGuiderError(f"the positive conditioning has batch {cond.shape[0]}, the latent {batch}.")
         with torch.inference_mode(False):
             self._ref = cond.detach().clone().expand(batch, *cond.shape[1:]).clone()
         self._current = self._ref
-        self.last_run.reference = self._ref.cpu()
+        self.run.reference = self._ref.cpu()
 
-    def positive_between(self):
-        return None if self._current is None else self.positive_with(self._current)
+    def positive_between(self, guider):
+        return None if self._current is None else guider.positive_with(self._current)
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        self._ensure_reference(x.shape[0])
-        return super().predict_noise(x, timestep, model_options, seed)
+    def autograd_modules(self, guider):
+        return [guider.inner_model, self.vae.first_stage_model, self.reward.reward]
 
     # -- an update step --------------------------------------------------------------------------
-    def _decode(self, x0: torch.Tensor) -> torch.Tensor:
+    def _decode(self, guider, x0: torch.Tensor) -> torch.Tensor:
         try:
-            return decode_pixels(self.vae, self.inner_model, x0, self.decode_scale)
+            return decode_pixels(self.vae, guider.inner_model, x0, self.decode_scale)
         except ValueError as e:
             raise DateGuiderError(f"{e} (DATE)") from None
 
-    def scheduled_step(self, x, timestep, model_options, seed, step, sigmas):
-        uncond, uncond_pred = self.uncond_prediction(x, timestep, model_options)  # once, without gradient
+    def optimize(self, at: ScheduledStep):
+        guider, model_options = at.guider, at.model_options
         reward_model = self.reward.reward
-        prompts = [self.reward_prompt] * x.shape[0]
+        prompts = [self.reward_prompt] * at.x.shape[0]
+        # sampler-side tensors were made under inference mode; autograd may need to save them
+        x_, t_, uncond_ = at.x.clone(), at.timestep.clone(), at.uncond_pred.clone()
+        reward_device = next(reward_model.parameters()).device
 
-        with ExitStack() as stack:
-            stack.enter_context(torch.inference_mode(False))
-            for module in (self.inner_model, self.vae.first_stage_model, reward_model):
-                stack.enter_context(autograd_ready(module))
-            # sampler-side tensors were made under inference mode; autograd may need to save them
-            x_, t_, uncond_ = x.clone(), timestep.clone(), uncond_pred.clone()
-            reward_device = next(reward_model.parameters()).device
+        def objective(c: torch.Tensor) -> torch.Tensor:
+            mm.throw_exception_if_processing_interrupted()
+            positive = guider.positive_with(c, clone_rest=True)
+            with torch.enable_grad():
+                cond_pred = comfy.samplers.calc_cond_batch(guider.inner_model, [positive], x_, t_, model_options)[0]
+                guided = combine(guider, x_, t_, cond_pred, uncond_, positive, at.uncond, model_options)
+                images = self._decode(guider, guided)
+                self.run.reward_evaluations += 1
+                return reward_model(images.to(reward_device), prompts)
 
-            def objective(c: torch.Tensor) -> torch.Tensor:
-                mm.throw_exception_if_processing_interrupted()
-                positive = self.positive_with(c, clone_rest=True)
-                with torch.enable_grad():
-                    cond_pred = comfy.samplers.calc_cond_batch(self.inner_model, [positive], x_, t_, model_options)[0]
-                    guided = self.combine(x_, t_, cond_pred, uncond_, positive, uncond, model_options)
-                    images = self._decode(guided)
-                    self.last_run.reward_evaluations += 1
-                    return reward_model(images.to(reward_device), prompts)
-
-            new, records = date_update(self._ref, self._current, objective, self.settings)
-        self._current = new
-        sigma = float(timestep.reshape(-1)[0])
-        self.last_run.updates.append((step, sigma, records))
-        text = f"DATE step {step}: {self.reward.label} " + " -> ".join(f"{r.rewards.mean():.5g}" for r in records)
-        log.info(text)
-        progress_text(text)
+        self._current, records = date_update(self._ref, self._current, objective, self.settings)
+        self.run.updates.append((at.step, at.sigma, records))
+        status = f"DATE step {at.step}: {self.reward.label} " + " -> ".join(f"{r.rewards.mean():.5g}" for r in records)
         # the step itself is taken with the new embedding
-        return self.guided(x, timestep, model_options, self.positive_with(self._current), uncond, uncond_pred)
+        return guider.positive_with(self._current), status
+
+
+def date_guider(model_patcher, cfg: float, settings: DateSettings, schedule: UpdateSchedule, reward: ComfyReward,
+                vae, reward_prompt: str, decode_scale: float = 1.0) -> StepOptimizerGuider:
+    return StepOptimizerGuider(model_patcher, cfg, DateStep(settings, schedule, reward, vae, reward_prompt,
+                                                            decode_scale))

@@ -6,11 +6,15 @@ from comfy_api.latest import io
 
 from ...core.date.update import RULES, SCHEDULES, DateSettings, DateSettingsError, UpdateSchedule
 from ..comfy.errors import NodeInputError, settings_input_error
-from ..comfy.ksampler_path import guider_inputs, ksampler_inputs, ksampler_sigmas, sample_like_ksampler
+from ..comfy.ksampler_path import GuidedMethodFace, ksampler_sigmas, sample_like_ksampler
 from ..comfy.model_family import model_family
 from ..comfy.socket_types import RewardModel
+from ..comfy.step_guider import StepOptimizerGuider
+from ..comfy.validation import queued_check
 from ..conditioning.keep_text import ENCODE_NODE, stored_prompt
-from .guider import DateGuider
+from .guider import date_guider
+
+CATEGORY = "prompt_optim/date"
 
 GUIDER_NODE = "DATE Guider"
 SAMPLER_NODE = "DATE KSampler"
@@ -64,6 +68,10 @@ def _date_inputs() -> list:
     ]
 
 
+FACE = GuidedMethodFace(category=CATEGORY, model_help=MODEL_HELP, cfg_default=8.0, cfg_help=CFG_HELP,
+                        positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP, settings_inputs=_date_inputs)
+
+
 def _reward_prompt(node: str, positive, given: str | None) -> str:
     if given and given.strip():
         return given
@@ -74,18 +82,31 @@ def _reward_prompt(node: str, positive, given: str | None) -> str:
     return stored
 
 
+def update_schedule(node: str, schedule: str, schedule_value: str) -> UpdateSchedule:
+    try:
+        return UpdateSchedule(schedule, schedule_value)
+    except DateSettingsError as e:
+        raise settings_input_error(node, e, SETTINGS_INPUTS, fallback="schedule_value") from None
+
+
+def validate_schedule(node_cls, node: str, schedule, schedule_value) -> bool | str:
+    """The schedule is read when the graph is queued (a node's validate_inputs)."""
+    return queued_check(node_cls, node, {"schedule": schedule, "schedule_value": schedule_value},
+                        lambda **values: update_schedule(node, **values))
+
+
 def build_guider(node: str, model, positive, negative, cfg, vae, reward, rho, rule, schedule, schedule_value,
-                 iterations, prior_weight, decode_scale, reward_prompt) -> DateGuider:
+                 iterations, prior_weight, decode_scale, reward_prompt) -> StepOptimizerGuider:
     model_family(model, node)  # refuses families whose gradients we have not verified
     if vae is None:
         raise NodeInputError(node, "vae", "no VAE connected; the reward needs decoded images.")
     try:
         settings = DateSettings(rho=rho, rule=rule, prior_weight=prior_weight, iterations=iterations)
-        plan = UpdateSchedule(schedule, schedule_value)
     except DateSettingsError as e:
-        raise settings_input_error(node, e, SETTINGS_INPUTS, fallback="schedule_value") from None
+        raise settings_input_error(node, e, SETTINGS_INPUTS) from None
+    plan = update_schedule(node, schedule, schedule_value)
     text = _reward_prompt(node, positive, reward_prompt)
-    guider = DateGuider(model, cfg, settings, plan, reward, vae, text, decode_scale=float(decode_scale))
+    guider = date_guider(model, cfg, settings, plan, reward, vae, text, decode_scale=float(decode_scale))
     guider.set_conds(positive, negative)
     return guider
 
@@ -93,20 +114,17 @@ def build_guider(node: str, model, positive, negative, cfg, vae, reward, rho, ru
 class DateGuiderNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PromptOptim_DATEGuider",
-            display_name=GUIDER_NODE,
-            category="prompt_optim/date",
+        return FACE.guider_schema(
+            node_id="PromptOptim_DATEGuider", display_name=GUIDER_NODE,
             description="DATE (Diffusion Adaptive Text Embedding): classifier-free guidance whose positive text "
                         "embedding moves toward a higher reward at scheduled steps. At an update step the reward "
                         "is measured on the decoded CFG x0 estimate and the token states follow its normalized "
                         "gradient; the negative never changes. Use with SamplerCustomAdvanced and any sampler "
-                        "and sigmas.",
-            inputs=[*guider_inputs(model_help=MODEL_HELP, cfg_default=8.0, cfg_help=CFG_HELP,
-                                   positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP),
-                    *_date_inputs()],
-            outputs=[io.Guider.Output()],
-        )
+                        "and sigmas.")
+
+    @classmethod
+    def validate_inputs(cls, schedule=None, schedule_value=None) -> bool | str:
+        return validate_schedule(cls, GUIDER_NODE, schedule, schedule_value)
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, vae, reward, rho, rule, schedule, schedule_value,
@@ -119,20 +137,17 @@ class DateGuiderNode(io.ComfyNode):
 class DateSamplerNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PromptOptim_DATESampler",
-            display_name=SAMPLER_NODE,
-            category="prompt_optim/date",
-            description="KSampler with DATE: same inputs and the same noise as KSampler, plus the DATE settings "
-                        "(see DATE Guider). Outputs the latent and a report of the reward at every update.",
-            inputs=[
-                *ksampler_inputs(model_help=MODEL_HELP, seed_help="Noise seed (the same noise as KSampler with this seed).",
-                                 steps_help="Sampling steps (paper: 50).", cfg_default=8.0, cfg_help=CFG_HELP,
-                                 positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP),
-                *_date_inputs(),
-            ],
-            outputs=[io.Latent.Output(), io.String.Output(display_name="report")],
-        )
+        return FACE.ksampler_schema(
+            node_id="PromptOptim_DATESampler", display_name=SAMPLER_NODE,
+            description="KSampler with DATE: same inputs and the same noise as KSampler, plus the DATE settings (see "
+                        "DATE Guider). Outputs the latent and a report of the reward at every update.",
+            seed_help="Noise seed (the same noise as KSampler with this seed).",
+            steps_help="Sampling steps (paper: 50).",
+            outputs=[io.Latent.Output(), io.String.Output(display_name="report")])
+
+    @classmethod
+    def validate_inputs(cls, schedule=None, schedule_value=None) -> bool | str:
+        return validate_schedule(cls, SAMPLER_NODE, schedule, schedule_value)
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,

@@ -20,6 +20,8 @@ from ..comfy.errors import require_prompt
 from ..comfy.model_family import matching_families
 from ..comfy.text_encoder import ComfyTextEncoder
 
+CATEGORY = "prompt_optim/diagnostics"
+
 NODE = "Gradient Check"
 
 
@@ -38,7 +40,7 @@ class GradientCheck(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_GradientCheck",
             display_name=NODE,
-            category="prompt_optim/diagnostics",
+            category=CATEGORY,
             description=(
                 "Checks that gradients through this CLIP and model are correct (autograd vs. finite "
                 "differences), which every prompt-optimization method here relies on. Passes MODEL and "

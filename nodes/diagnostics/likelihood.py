@@ -10,6 +10,8 @@ from ..comfy.denoiser import prepared_denoiser
 from ..comfy.errors import NodeInputError
 from ..comfy.model_family import model_family
 
+CATEGORY = "prompt_optim/evaluate"
+
 LIKELIHOOD_NODE = "Denoising Likelihood"
 
 
@@ -19,7 +21,7 @@ class DenoisingLikelihood(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_DenoisingLikelihood",
             display_name=LIKELIHOOD_NODE,
-            category="prompt_optim/evaluate",
+            category=CATEGORY,
             description="Per-image likelihood estimate under the model and a prompt: the latent is noised at evenly "
                         "spaced levels of the model's schedule (fixed seed) and denoised; the mean squared "
                         "noise-prediction error is an ELBO-style loss. Higher log_likelihood = more typical image; "

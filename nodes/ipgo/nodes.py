@@ -19,9 +19,12 @@ from ..comfy.errors import NodeInputError, require_prompt, settings_input_error
 from ..comfy.model_family import clip_family, matching_families
 from ..comfy.socket_types import IpgoTokens, RewardModel
 from ..comfy.step_guider import progress_text
+from ..comfy.validation import queued_check
 from .render import IpgoRenderer
 from .reward_curve import curve_image
 from .sequences import encode_sequence
+
+CATEGORY = "prompt_optim/ipgo"
 
 OPTIMIZE_NODE = "IPGO Optimize Prompt Tokens"
 APPLY_NODE = "IPGO Encode with Learned Tokens"
@@ -54,13 +57,21 @@ def _settings(node: str, **values) -> IpgoSettings:
         raise settings_input_error(node, e, SETTINGS_INPUTS) from None
 
 
+def _check_token_counts(steps: int, last_steps: int, prefix_tokens: int, suffix_tokens: int) -> None:
+    if last_steps >= steps:
+        raise NodeInputError(OPTIMIZE_NODE, "last_steps", f"must be fewer than steps ({steps}), got {last_steps}.")
+    if prefix_tokens + suffix_tokens < 1:
+        raise NodeInputError(OPTIMIZE_NODE, "prefix_tokens", "plus suffix_tokens must be at least 1, got "
+                                                             f"{prefix_tokens} + {suffix_tokens}.")
+
+
 class IpgoOptimize(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="PromptOptim_IPGOOptimize",
             display_name=OPTIMIZE_NODE,
-            category="prompt_optim/ipgo",
+            category=CATEGORY,
             description="IPGO: learns a few prefix and suffix tokens, injected around the prompt's encoded "
                         "sequence, that raise a reward of the generated image. Each epoch generates every prompt "
                         "with the same seed and back-propagates the reward through the VAE decode and the last "
@@ -134,6 +145,12 @@ class IpgoOptimize(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, steps=None, last_steps=None, prefix_tokens=None, suffix_tokens=None) -> bool | str:
+        return queued_check(cls, OPTIMIZE_NODE, {"steps": steps, "last_steps": last_steps,
+                                                 "prefix_tokens": prefix_tokens, "suffix_tokens": suffix_tokens},
+                            _check_token_counts)
+
+    @classmethod
     def execute(cls, model, clip, vae, reward, prompts, negative, sampling_seed, steps, cfg, sampler_name, scheduler, width,
                 height, epochs, learning_rate, lr_step, lr_gamma, accumulation, prefix_tokens, suffix_tokens, rank,
                 rotation, conformity_weight, last_steps, clip_norm, init_seed) -> io.NodeOutput:
@@ -145,8 +162,7 @@ class IpgoOptimize(io.ComfyNode):
             missing = "clip" if clip is None else "vae" if vae is None else "reward"
             raise NodeInputError(node, missing, f"no {missing} connected.")
         family = matching_families(model, clip, node)
-        if last_steps >= steps:
-            raise NodeInputError(node, "last_steps", f"must be fewer than steps ({steps}), got {last_steps}.")
+        _check_token_counts(steps, last_steps, prefix_tokens, suffix_tokens)
         settings = _settings(node, prefix_tokens=prefix_tokens, suffix_tokens=suffix_tokens, rank=rank,
                              rotation=rotation, conformity_weight=conformity_weight, last_steps=last_steps,
                              epochs=epochs, lr=learning_rate, lr_step=lr_step, lr_gamma=lr_gamma,
@@ -234,7 +250,7 @@ class IpgoApply(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_IPGOApply",
             display_name=APPLY_NODE,
-            category="prompt_optim/ipgo",
+            category=CATEGORY,
             description="Encodes a prompt and wraps it with learned IPGO tokens: [prefix; prompt; suffix] in the "
                         "text encoder's output space, plus the matching negative (cut to the same length, as in "
                         "training). Works for prompts the tokens were not trained on.",
@@ -272,7 +288,7 @@ class SaveIpgoTokens(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_SaveIPGOTokens",
             display_name=SAVE_NODE,
-            category="prompt_optim/ipgo",
+            category=CATEGORY,
             description=f"Saves learned IPGO tokens as safetensors in models/{TOKENS_FOLDER} (with the prompts, "
                         "reward and settings as metadata).",
             inputs=[IpgoTokens.Input("tokens", tooltip="From 'IPGO Optimize Prompt Tokens'."),
@@ -306,7 +322,7 @@ class LoadIpgoTokens(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_LoadIPGOTokens",
             display_name=LOAD_NODE,
-            category="prompt_optim/ipgo",
+            category=CATEGORY,
             description=f"Loads IPGO tokens saved in models/{TOKENS_FOLDER}.",
             inputs=[io.Combo.Input("tokens_name", options=folder_paths.get_filename_list(TOKENS_FOLDER),
                                    tooltip=f"A .safetensors file in models/{TOKENS_FOLDER}.")],

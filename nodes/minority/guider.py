@@ -1,17 +1,16 @@
-"""MinorityGuider: CFG whose positive carries a placeholder token optimized toward minority samples.
+"""MinorityPrompt as a step method: a placeholder token in the positive, optimized toward minority samples.
 
-At each scheduled step (SteppedGuider: any sampler and sigmas) the placeholder's input embedding
+At each scheduled step (StepOptimizerGuider: any sampler and sigmas) the placeholder's input embedding
 takes K Adam steps of core.minority.optimize_step, re-encoding the prompt through the user's CLIP on
-every iteration; the step itself is then taken with plain CFG and the optimized conditioning. The
-CLIP rides along as an additional model of a cloned ModelPatcher, so ComfyUI loads it with the
-diffusion model and can offload both afterwards; the user's model, CLIP and conditioning are not
-changed (weight copies for autograd exist only during an optimized step). With target
+every iteration; the step itself is then taken with plain CFG and the optimized conditioning. The CLIP
+is the method's additional model, so ComfyUI loads it with the diffusion model and can offload both
+afterwards; the user's model, CLIP and conditioning are not changed (weight copies for autograd exist
+only during an optimized step). With target
 "whole_embedding" (the paper's ablation) the prompt's encoder output itself is optimized and the CLIP
 is not re-run.
 """
 from __future__ import annotations
 
-import logging
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Callable
@@ -23,16 +22,12 @@ import comfy.utils
 
 from ...core.minority.optimize import (MinoritySettings, StepResult, optimize_step, whole_embedding_encoder,
                                        whole_embedding_start)
-from ...core.shared.autograd_weights import autograd_ready
 from ...core.shared.conditioning import TextConditioning
 from ...core.shared.text_encoder import LearnableTokens
 from ..comfy.denoiser import ComfyDenoiser
-from ..comfy.step_guider import GuiderError, SteppedGuider, progress_text
+from ..comfy.step_guider import GuiderError, ScheduledStep, StepMethod, StepOptimizerGuider, progress_text
 from ..comfy.text_encoder import ComfyTextEncoder
 from .placeholder_token import SPEC_KEY, LearnedToken, PlaceholderSpec
-
-ADDITIONAL_MODELS_KEY = "prompt_optim_minority"
-log = logging.getLogger("prompt_optim.minority")
 
 
 @dataclass
@@ -60,21 +55,21 @@ def spec_of(positive) -> PlaceholderSpec | None:
     return specs[0] if specs else None
 
 
-class MinorityGuider(SteppedGuider):
-    method = "MinorityPrompt"
+class MinorityStep(StepMethod):
+    name = "MinorityPrompt"
+    additional_models_key = "prompt_optim_minority"
 
-    def __init__(self, model_patcher, cfg: float, settings: MinoritySettings, spec: PlaceholderSpec,
-                 per_image: bool = True, probe: bool = False):
-        model_patcher = model_patcher.clone()
-        model_patcher.set_additional_models(ADDITIONAL_MODELS_KEY, [spec.clip.patcher])
-        super().__init__(model_patcher)
-        self.set_cfg(cfg)
+    def __init__(self, settings: MinoritySettings, spec: PlaceholderSpec, per_image: bool = True,
+                 probe: bool = False):
         self.settings, self.spec, self.per_image, self.probe = settings, spec, per_image, probe
         self.on_iteration: Callable[[int, int, float], None] | None = None  # (step, k, objective), e.g. a bar
-        self.last_run = MinorityRun()
+        self.run = MinorityRun()
+
+    def additional_models(self) -> list:
+        return [self.spec.clip.patcher]
 
     def begin_run(self):
-        self.last_run = MinorityRun()
+        self.run = MinorityRun()
         self._tokens = None
         self._kept_positive = None
 
@@ -84,14 +79,14 @@ class MinorityGuider(SteppedGuider):
 
     def end_run(self):
         if self._tokens is not None and not self.whole_embedding:  # the ablation has no token to save
-            self.last_run.token = LearnedToken({k: v.cpu() for k, v in self._tokens.items()},
-                                               self.spec.position, self.spec.text)
+            self.run.token = LearnedToken({k: v.cpu() for k, v in self._tokens.items()},
+                                          self.spec.position, self.spec.text)
 
     def planned_steps(self, sigmas: list[float]) -> list[int]:
-        self.last_run.planned = self.settings.steps(len(sigmas) - 1)
-        return self.last_run.planned
+        self.run.planned = self.settings.steps(len(sigmas) - 1)
+        return self.run.planned
 
-    def positive_between(self):
+    def positive_between(self, guider):
         return self._kept_positive if self.settings.between_steps == "keep" else None
 
     # -- an optimized step -----------------------------------------------------------------------
@@ -108,7 +103,8 @@ class MinorityGuider(SteppedGuider):
             pooled = None if pooled is None else pooled.expand(batch, *pooled.shape[1:])
         return TextConditioning(cross, pooled)
 
-    def _noise(self, seed, step: int, like: torch.Tensor):
+    @staticmethod
+    def _noise(seed, step: int, like: torch.Tensor):
         base = 0 if seed is None else int(seed)
 
         def draw(k: int) -> torch.Tensor:
@@ -128,13 +124,11 @@ class MinorityGuider(SteppedGuider):
                           f"objective {objective:.5g}")
         return after
 
-    def scheduled_step(self, x, timestep, model_options, seed, step, sigmas):
-        entry = self.positive_entry()
+    def optimize(self, at: ScheduledStep):
+        guider, x = at.guider, at.x
+        entry = guider.positive_entry()
         batch = x.shape[0]
-        sigma = float(timestep.reshape(-1)[0])
         with ExitStack() as stack:
-            stack.enter_context(torch.inference_mode(False))
-            stack.enter_context(autograd_ready(self.inner_model))
             encoder = None if self.whole_embedding else stack.enter_context(ComfyTextEncoder(self.spec.clip))
             # sampler-side tensors were made under inference mode; autograd may need to save them
             x_ = x.clone()
@@ -143,7 +137,7 @@ class MinorityGuider(SteppedGuider):
             if original.cross_attn.shape[0] not in (1, batch):
                 raise GuiderError(f"the positive conditioning has batch {original.cross_attn.shape[0]}, "
                                   f"the latent {batch}.")
-            denoiser = ComfyDenoiser(self.inner_model, [dict(entry)], model_options)
+            denoiser = ComfyDenoiser(guider.inner_model, [dict(entry)], at.model_options)
             rows = batch if self.per_image else 1
             if self.whole_embedding:
                 encode = whole_embedding_encoder(original, batch)
@@ -154,22 +148,25 @@ class MinorityGuider(SteppedGuider):
                     return self._encoder_batch(encoder, t, batch)
                 if self._tokens is None:
                     self._tokens = self.spec.start_tokens(encoder, rows)
-            device = x.device
-            start = {k: v.to(device) for k, v in self._tokens.items()}
+            start = {k: v.to(x.device) for k, v in self._tokens.items()}
             result = optimize_step(
-                denoiser, encode, original, x_, sigma, float(sigmas[step + 1]), start,
-                self.settings, self._noise(seed, step, x_), probe=self.probe,
+                denoiser, encode, original, x_, at.sigma, float(at.sigmas[at.step + 1]), start,
+                self.settings, self._noise(at.seed, at.step, x_), probe=self.probe,
                 before_iteration=lambda k: mm.throw_exception_if_processing_interrupted(),
-                after_iteration=self._iteration_hook(step))
+                after_iteration=self._iteration_hook(at.step))
             self._tokens = result.tokens
             with torch.no_grad():
                 current = encode(result.tokens)
                 current = TextConditioning(current.cross_attn.detach().clone(),
                                            None if current.pooled is None else current.pooled.detach().clone())
-        self.last_run.steps.append((step, sigma, result))
-        self.last_run.conditioning = current
-        log.info("MinorityPrompt step %d: objective %.5g -> %.5g", step, result.objectives[0], result.objectives[-1])
-        positive = denoiser.conds_with_text(current, x)
-        self._kept_positive = positive
-        uncond, uncond_pred = self.uncond_prediction(x, timestep, model_options)
-        return self.guided(x, timestep, model_options, positive, uncond, uncond_pred)
+        self.run.steps.append((at.step, at.sigma, result))
+        self.run.conditioning = current
+        self._kept_positive = denoiser.conds_with_text(current, x)
+        status = (f"MinorityPrompt: optimized step {at.step}, objective {result.objectives[0]:.5g} -> "
+                  f"{result.objectives[-1]:.5g} over {len(result.objectives)} iterations")
+        return self._kept_positive, status
+
+
+def minority_guider(model_patcher, cfg: float, settings: MinoritySettings, spec: PlaceholderSpec,
+                    per_image: bool = True, probe: bool = False) -> StepOptimizerGuider:
+    return StepOptimizerGuider(model_patcher, cfg, MinorityStep(settings, spec, per_image, probe))

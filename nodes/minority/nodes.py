@@ -15,13 +15,17 @@ from ...core.minority.optimize import (ANNEAL_LEVELS, BETWEEN_STEPS, INITS, NORM
                                        MinoritySettingsError)
 from ...core.shared.text_encoder import LearnableTokens
 from ..comfy.errors import NodeInputError, require_prompt, settings_input_error
-from ..comfy.ksampler_path import guider_inputs, ksampler_inputs, ksampler_sigmas, sample_like_ksampler
+from ..comfy.ksampler_path import GuidedMethodFace, ksampler_sigmas, sample_like_ksampler
 from ..comfy.model_family import clip_family, model_family
 from ..comfy.socket_types import MinorityToken
+from ..comfy.step_guider import StepOptimizerGuider
 from ..comfy.text_encoder import ComfyTextEncoder
+from ..comfy.validation import queued_check
 from ..conditioning.keep_text import PROMPT_TEXT_KEY
-from .guider import MinorityGuider, spec_of
+from .guider import minority_guider, spec_of
 from .placeholder_token import SPEC_KEY, PlaceholderSpec, free_embedding_name, safe_embedding_name, single_token_word
+
+CATEGORY = "prompt_optim/minority_prompt"
 
 ENCODE_NODE = "MinorityPrompt Text Encode"
 GUIDER_NODE = "MinorityPrompt Guider"
@@ -44,7 +48,7 @@ class MinorityEncode(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_MinorityEncode",
             display_name=ENCODE_NODE,
-            category="prompt_optim/minority_prompt",
+            category=CATEGORY,
             description="CLIP Text Encode for MinorityPrompt. Outputs the plain prompt's conditioning (it samples "
                         "exactly like CLIP Text Encode with any sampler) and carries what the MinorityPrompt "
                         "guider needs to re-encode the prompt with one learnable placeholder token.",
@@ -149,9 +153,25 @@ def _settings_inputs() -> list:
     ]
 
 
+FACE = GuidedMethodFace(category=CATEGORY, model_help=MODEL_HELP, cfg_default=7.5,
+                        cfg_help=CFG_HELP, positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP,
+                        settings_inputs=_settings_inputs)
+
+
+def check_diversity(node: str, diversity: float, token_per_image: bool) -> None:
+    if diversity > 0 and not token_per_image:
+        raise NodeInputError(node, "diversity", "the diversity term needs token_per_image on.")
+
+
+def validate_diversity(node_cls, node: str, diversity, token_per_image) -> bool | str:
+    """Checked when the graph is queued (a node's validate_inputs)."""
+    return queued_check(node_cls, node, {"diversity": diversity, "token_per_image": token_per_image},
+                        lambda **values: check_diversity(node, **values))
+
+
 def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_fraction, every_n_steps, sg_lambda,
                  norm, anneal, fixed_level, between_steps, token_per_image, diversity, gradient_checkpointing,
-                 measure_gain, optimize="appended_token", anneal_level="next_step") -> MinorityGuider:
+                 measure_gain, optimize="appended_token", anneal_level="next_step") -> StepOptimizerGuider:
     family = model_family(model, node)
     spec = spec_of(positive)
     if spec is None:
@@ -161,8 +181,7 @@ def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_
     if text_family != family:
         raise NodeInputError(node, "positive", f"the prompt was encoded with a {text_family} CLIP but the model is "
                                                f"{family}; use the CLIP from the model's checkpoint.")
-    if diversity > 0 and not token_per_image:
-        raise NodeInputError(node, "diversity", "the diversity term needs token_per_image on.")
+    check_diversity(node, diversity, token_per_image)
     try:
         settings = MinoritySettings(iterations=iterations, lr=lr, sg_lambda=sg_lambda, norm=norm, anneal=anneal,
                                     fixed_level=fixed_level, fraction=optimize_fraction, every=every_n_steps,
@@ -171,7 +190,7 @@ def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_
                                     anneal_level=anneal_level)
     except MinoritySettingsError as e:
         raise settings_input_error(node, e, SETTINGS_INPUTS) from None
-    guider = MinorityGuider(model, cfg, settings, spec, per_image=token_per_image, probe=measure_gain)
+    guider = minority_guider(model, cfg, settings, spec, per_image=token_per_image, probe=measure_gain)
     guider.set_conds(positive, negative)
     return guider
 
@@ -179,20 +198,17 @@ def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_
 class MinorityGuiderNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PromptOptim_MinorityGuider",
-            display_name=GUIDER_NODE,
-            category="prompt_optim/minority_prompt",
-            description="MinorityPrompt: at scheduled steps a placeholder token appended to the prompt is optimized "
-                        "so the model's denoising of the current state becomes harder to reconstruct under the "
-                        "plain prompt (a low-likelihood direction), then the step is taken with CFG and that "
-                        "token. Reaches rarer images that keep the prompt's meaning. Use with "
-                        "SamplerCustomAdvanced and any sampler and sigmas.",
-            inputs=[*guider_inputs(model_help=MODEL_HELP, cfg_default=7.5, cfg_help=CFG_HELP,
-                                   positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP),
-                    *_settings_inputs()],
-            outputs=[io.Guider.Output()],
-        )
+        return FACE.guider_schema(
+            node_id="PromptOptim_MinorityGuider", display_name=GUIDER_NODE,
+            description="MinorityPrompt: at scheduled steps a placeholder token appended to the prompt is "
+                        "optimized so the model's denoising of the current state becomes harder to reconstruct "
+                        "under the plain prompt (a low-likelihood direction), then the step is taken with CFG and "
+                        "that token. Reaches rarer images that keep the prompt's meaning. Use with "
+                        "SamplerCustomAdvanced and any sampler and sigmas.")
+
+    @classmethod
+    def validate_inputs(cls, diversity=None, token_per_image=None) -> bool | str:
+        return validate_diversity(cls, GUIDER_NODE, diversity, token_per_image)
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, **settings) -> io.NodeOutput:
@@ -223,25 +239,21 @@ class _UnifiedProgress:
 class MinoritySamplerNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PromptOptim_MinoritySampler",
-            display_name=SAMPLER_NODE,
-            category="prompt_optim/minority_prompt",
+        return FACE.ksampler_schema(
+            node_id="PromptOptim_MinoritySampler", display_name=SAMPLER_NODE,
             description="KSampler with MinorityPrompt: same inputs and the same noise as KSampler, plus the "
-                        "MinorityPrompt settings (see MinorityPrompt Guider). Outputs the latent, the learned "
-                        "token (save it with 'Save MinorityPrompt Embedding') and a report.",
-            inputs=[
-                *ksampler_inputs(model_help=MODEL_HELP,
-                                 seed_help="Noise seed (the same noise as KSampler); also seeds the re-noise draws.",
-                                 steps_help="Sampling steps (paper: 50 DDIM).", cfg_default=7.5, cfg_help=CFG_HELP,
-                                 positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP),
-                *_settings_inputs(),
-            ],
+                        "MinorityPrompt settings (see MinorityPrompt Guider). Outputs the latent, the learned token "
+                        "(save it with 'Save MinorityPrompt Embedding') and a report.",
+            seed_help="Noise seed (the same noise as KSampler); also seeds the re-noise draws.",
+            steps_help="Sampling steps (paper: 50 DDIM).",
             outputs=[io.Latent.Output(),
                      MinorityToken.Output(display_name="token", tooltip="The optimized placeholder (one row per "
                                                                          "image with token_per_image)."),
-                     io.String.Output(display_name="report")],
-        )
+                     io.String.Output(display_name="report")])
+
+    @classmethod
+    def validate_inputs(cls, diversity=None, token_per_image=None) -> bool | str:
+        return validate_diversity(cls, SAMPLER_NODE, diversity, token_per_image)
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
@@ -249,8 +261,9 @@ class MinoritySamplerNode(io.ComfyNode):
         guider = build_guider(SAMPLER_NODE, model, positive, negative, cfg, **settings)
         sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
         n_steps = sigmas.shape[-1] - 1
-        progress = _UnifiedProgress(model, n_steps, len(guider.settings.steps(n_steps)) * guider.settings.iterations)
-        guider.on_iteration = progress.inner
+        settings = guider.method.settings
+        progress = _UnifiedProgress(model, n_steps, len(settings.steps(n_steps)) * settings.iterations)
+        guider.method.on_iteration = progress.inner
         out = sample_like_ksampler(guider, model, seed, sampler_name, sigmas, latent_image, progress.sampler)
         return io.NodeOutput(out, guider.last_run.token, guider.last_run.report())
 
@@ -261,7 +274,7 @@ class SaveMinorityEmbedding(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_SaveMinorityEmbedding",
             display_name=SAVE_NODE,
-            category="prompt_optim/minority_prompt",
+            category=CATEGORY,
             description="Saves a learned MinorityPrompt token as a textual-inversion embedding in models/embeddings "
                         "(safetensors; SDXL: one row per text encoder, clip_l and clip_g). Use it in any prompt "
                         "as embedding:name, placed where the token was (end: after the prompt).",

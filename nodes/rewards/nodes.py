@@ -13,6 +13,8 @@ from ..comfy.reward import ComfyReward
 from ..comfy.socket_types import RewardModel
 from . import folder as reward_folder
 
+CATEGORY = "prompt_optim/rewards"
+
 LOAD_NODE = "Load Reward Model"
 COMBINE_NODE = "Combine Rewards"
 SCORE_NODE = "Score Images"
@@ -36,7 +38,7 @@ class LoadRewardModel(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_LoadRewardModel",
             display_name=LOAD_NODE,
-            category="prompt_optim/rewards",
+            category=CATEGORY,
             description="Loads a differentiable image reward from ComfyUI/models/rewards (local files only; "
                         "nothing is downloaded). Families:\n" + _family_help(),
             inputs=[
@@ -103,7 +105,7 @@ class CombineRewards(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_CombineRewards",
             display_name=COMBINE_NODE,
-            category="prompt_optim/rewards",
+            category=CATEGORY,
             description="A weighted sum of rewards, e.g. 0.7 x ImageReward + 0.3 x CLIP. Rewards have their own "
                         "scales (CLIP cosine ~0.3, PickScore ~20, aesthetic 1-10, ImageReward ~N(0,1)): "
                         "choose weights accordingly.",
@@ -130,7 +132,7 @@ class ScoreImages(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_ScoreImages",
             display_name=SCORE_NODE,
-            category="prompt_optim/rewards",
+            category=CATEGORY,
             description="Scores every image of a batch with a reward and its prompt; shows the scores and "
                         "outputs the best images first. Use it to evaluate any workflow.",
             inputs=[

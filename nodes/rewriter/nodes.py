@@ -22,7 +22,10 @@ from ...core.gfn_rewriter.trajectories import DEFAULT_TEMPLATE
 from ...core.shared.settings_error import SettingsError
 from ..comfy.errors import NodeInputError, require_prompt, settings_input_error
 from ..comfy.reward import compute_dtype
+from ..comfy.validation import queued_check
 from . import folder as rewriter_folder
+
+CATEGORY = "prompt_optim/rewriter"
 
 NODE = "GFlowNet Prompt Rewriter"
 NO_ENTRIES = "(no folders in models/prompt_rewriters)"
@@ -55,6 +58,14 @@ def load_rewriter(folder: Path, dtype_choice: str):
     return _loaded[key]
 
 
+def _check_settings(**values) -> None:
+    """The settings the core checks across fields (token counts) or by content (the template)."""
+    try:
+        RewriteSettings(**values)
+    except SettingsError as e:
+        raise settings_input_error(NODE, e) from None
+
+
 class GFlowNetRewriter(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -62,7 +73,7 @@ class GFlowNetRewriter(io.ComfyNode):
         return io.Schema(
             node_id="PromptOptim_GFlowNetRewriter",
             display_name=NODE,
-            category="prompt_optim/rewriter",
+            category=CATEGORY,
             description="Rewrites a prompt N times with a GFlowNet-trained language model (Yun et al., CVPR 2025), "
                         "which samples diverse, high-reward rewrites. The list output runs the downstream nodes once "
                         "per rewrite (e.g. CLIP Text Encode -> KSampler), giving a batch of different images. "
@@ -113,6 +124,11 @@ class GFlowNetRewriter(io.ComfyNode):
             ],
             is_output_node=True,  # shows the rewrites on the node even when nothing reads them
         )
+
+    @classmethod
+    def validate_inputs(cls, min_new_tokens=None, max_new_tokens=None, template=None) -> bool | str:
+        return queued_check(cls, NODE, {"min_new_tokens": min_new_tokens, "max_new_tokens": max_new_tokens,
+                                        "template": template}, _check_settings)
 
     @classmethod
     def execute(cls, policy, prompt, count, mode, seed, temperature, top_p, min_new_tokens, max_new_tokens,

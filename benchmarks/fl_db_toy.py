@@ -20,23 +20,21 @@ flow function that already knows the reward's structure.
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from benchmarks import harness
 from core.gfn_rewriter import trainer as trainer_module
 from core.gfn_rewriter.policy_folder import load_policy
 from core.gfn_rewriter.prompt_rewards import TargetWords
 from core.gfn_rewriter.trainer import Trainer, TrainConfig
 from devtools.prompt_rewriters import NAMES, STYLE, prompt_rewriters_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-REPORT = ROOT / "benchmarks" / "fl_db_toy.md"
+MODULE = "benchmarks.fl_db_toy"
+REPORT = harness.ROOT / "benchmarks" / "fl_db_toy.md"
 PROMPTS = ["a cat", "a dog on a river", "the old house"]  # as the toy test
 TOY = TrainConfig(samples_per_step=16, flow_lr=1e-2, beta=0.02, reward_temperature=(1.0, 1.0, 0),
                   exploration_temperature=(1.0, 1.0, 0), min_new_tokens=4, max_new_tokens=8, flow_reset_period=0,
@@ -119,11 +117,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    ap.add_argument("--out", type=Path, default=REPORT)
+    harness.add_out_option(ap, REPORT)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    torch.set_num_threads(1)  # the toy's matrices are tiny: more threads only add overhead
     folder = prompt_rewriters_dir() / NAMES["policy"]
     start = time.time()
     rows = []
@@ -132,13 +128,7 @@ def main() -> None:
         rows.append((label, results))
         print(label, [(round(r["final"]["reward"], 3), round(r["final"]["diversity"], 3), r["reached"])
                       for r in results], flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    lines = ["# FL-DB on the toy: variants against trajectory balance", "",
-             f"Command: `python -m benchmarks.fl_db_toy --steps {args.steps} --seeds {' '.join(map(str, args.seeds))}`"
-             f" (commit {commit}; {cpu}, 1 thread, torch {torch.__version__}, "
-             f"{torch.backends.cpu.get_cpu_capability()} kernels; {time.time() - start:.0f} s).", "",
-             "The toy of tests/test_gfn_rewriter_core.py; see the script's docstring for each row. Initial reward "
+    lines = ["The toy of tests/test_gfn_rewriter_core.py; see the script's docstring for each row. Initial reward "
              f"{rows[0][1][0]['initial']['reward']:.3f}, diversity {rows[0][1][0]['initial']['diversity']:.3f}. "
              f"Per seed: reward / text diversity after {args.steps} steps; first evaluation (every 100 steps) "
              "with reward >= 0.9.", "",
@@ -149,8 +139,8 @@ def main() -> None:
         mean = sum(r["final"]["reward"] for r in results) / len(results)
         reached = ", ".join(str(r["reached"]) if r["reached"] else "—" for r in results)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean:.3f} | {reached} |")
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    harness.write_report(args.out, "FL-DB on the toy: variants against trajectory balance", MODULE, lines,
+                         cuda=False, wall_s=time.time() - start)
 
 
 if __name__ == "__main__":

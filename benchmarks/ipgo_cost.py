@@ -1,9 +1,9 @@
 """Cost of IPGO per epoch against one plain generation: seconds and peak memory, in one invocation.
 
-    python -m benchmarks.ipgo_cost [--model small|sd15] [--steps N] [--epochs E] [--size PX]
+    python -m benchmarks.ipgo_cost [--model small|sd15] [--steps N] [--epochs E] [--size PX] [--out PATH]
 
-Configurations (same seed, steps, cfg, sampler, scheduler and size; batch 1), each in its own fresh
-subprocess so memory peaks do not accumulate:
+Writes benchmarks/ipgo_cost.md (or --out). Configurations (same seed, steps, cfg, sampler, scheduler and size;
+batch 1), each in its own fresh subprocess so memory peaks do not accumulate:
 
     plain     core KSampler + VAE decode + PreviewImage: one generation
     ipgo      PromptOptim_IPGOOptimize at the paper's token settings (prefix 10, suffix 10, rank 300,
@@ -19,201 +19,192 @@ generation, then the median of --reps. Peak memory: CUDA max allocated over the 
 models included), or the child process's peak RSS on the CPU (includes loading).
 
 Models: --model small (the test SD1 checkpoint, default on the CPU) or sd15 (random full-size SD1.5,
-default on a GPU; see benchmarks.date_cost.sd15_checkpoint).
+default on a GPU; see benchmarks.bench_models.sd15_checkpoint).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import resource
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-from benchmarks.date_cost import PROMPT, _device_info, _gib
-from benchmarks.minority_cost import checkpoint_file
-from devtools.comfy_path import configure_comfy_args
+from benchmarks import harness
+from benchmarks.bench_models import checkpoint_file
+from benchmarks.comfy_run import (MODEL_DESCRIPTIONS, PROMPT, SAMPLER_NODE, ComfyBench, parse_arguments,
+                                  run_configurations, sampling_graph, settings_block)
 
-RESULT_TAG = "IPGO_COST_RESULT "
+MODULE = "benchmarks.ipgo_cost"
+REPORT = harness.ROOT / "benchmarks" / "ipgo_cost.md"
 CONFIGS = {"plain": dict(label="plain KSampler (one generation)", last_steps=0),
            "ipgo": dict(label="IPGO, paper settings (K = 2)", last_steps=2),
            "ipgo_k4": dict(label="IPGO, K = 4", last_steps=4)}
 PAPER = dict(learning_rate=0.001, lr_step=10, lr_gamma=0.9, accumulation=4, prefix_tokens=10, suffix_tokens=10,
              rank=300, rotation=True, conformity_weight=0.001, clip_norm=1.0, init_seed=0)
+IPGO_NODE = "ipgo"
+REPORT_OUTPUT = 5  # the optimize node's output slot holding its report text
+PAPER_STEPS = 50
+AUTHORS_SETTING = ("The authors' setting is full-size SD1.5 on a GPU: "
+                   "`python -m benchmarks.ipgo_cost --model sd15 --size 512 --steps 50 --epochs 5` (the GPU defaults).")
 
 
-def _graph(args, config, ckpt: str, reward: str, seed: int, epochs: int) -> dict:
-    g = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
-    if not config["last_steps"]:
-        g.update({
-            "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": PROMPT}},
-            "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
-            "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": args.size, "height": args.size,
-                                                                  "batch_size": 1}},
-            "work": {"class_type": "KSampler",
-                     "inputs": {"model": ["ckpt", 0], "seed": seed, "steps": args.steps, "cfg": args.cfg,
-                                "sampler_name": args.sampler, "scheduler": args.scheduler, "positive": ["pos", 0],
-                                "negative": ["neg", 0], "latent_image": ["lat", 0], "denoise": 1.0}},
-            "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["work", 0], "vae": ["ckpt", 2]}},
-            "prev": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}}})
-        return g
-    g.update({
+def _ipgo_graph(args, config, ckpt: str, reward: str, sampler: str, scheduler: str, seed: int, epochs: int) -> dict:
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "rw": {"class_type": "PromptOptim_LoadRewardModel",
                "inputs": {"family": "clip", "weights": reward, "clip_backbone": "none", "open_clip_architecture": "",
                           "dtype": "auto"}},
-        "work": {"class_type": "PromptOptim_IPGOOptimize",
-                 "inputs": {"model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "reward": ["rw", 0],
-                            "prompts": PROMPT, "negative": "", "sampling_seed": seed, "steps": args.steps,
-                            "cfg": args.cfg, "sampler_name": args.sampler, "scheduler": args.scheduler,
-                            "width": args.size, "height": args.size, "epochs": epochs,
-                            "last_steps": config["last_steps"], **PAPER}},
-        "prev": {"class_type": "PreviewImage", "inputs": {"images": ["work", 3]}}})
-    return g
+        IPGO_NODE: {"class_type": "PromptOptim_IPGOOptimize",
+                    "inputs": {"model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "reward": ["rw", 0],
+                               "prompts": PROMPT, "negative": "", "sampling_seed": seed, "steps": args.steps,
+                               "cfg": args.cfg, "sampler_name": sampler, "scheduler": scheduler,
+                               "width": args.size, "height": args.size, "epochs": epochs,
+                               "last_steps": config["last_steps"], **PAPER}},
+        "prev": {"class_type": "PreviewImage", "inputs": {"images": [IPGO_NODE, 3]}}}
 
 
 def run_one(args, name: str) -> dict:
-    import torch
-
-    from devtools.base_dir import make_base_dir
-    from devtools.inprocess import InProcessComfy
     from devtools.reward_models import NAMES, reward_models_dir
 
     config = CONFIGS[name]
-    ckpt = checkpoint_file(args)
-    rewards = reward_models_dir()
-    base = Path(tempfile.mkdtemp(prefix="ipgo_cost_"))
-    make_base_dir(base, checkpoints=[ckpt], rewards=sorted(p for p in rewards.iterdir() if not p.name.startswith(".")))
-    runner = InProcessComfy(base)
-    import comfy.utils
+    ckpt = checkpoint_file(args.model)
+    rewards = sorted(p for p in reward_models_dir().iterdir() if not p.name.startswith("."))
+    bench = ComfyBench("ipgo_cost_", [ckpt], rewards, args.sampler, args.scheduler)
+    ipgo = bool(config["last_steps"])
 
-    comfy.utils.set_progress_bar_enabled(False)
-    cuda = torch.cuda.is_available()
-    stamps: list[tuple[float, str]] = []
-    send = runner.server.send_sync
+    def run(seed: int, epochs: int):
+        if ipgo:
+            graph = _ipgo_graph(args, config, ckpt.name, NAMES["clip"], bench.sampler, bench.scheduler, seed, epochs)
+            return bench.run(graph, IPGO_NODE)
+        return bench.run(sampling_graph(args, ckpt.name, bench.sampler, bench.scheduler, seed), SAMPLER_NODE)
 
-    def record(event, data, sid=None):
-        if event == "executing":
-            stamps.append((time.perf_counter(), str(data.get("node") if isinstance(data, dict) else data)))
-        return send(event, data, sid)
-
-    runner.server.send_sync = record
-
-    def run(seed: int, epochs: int) -> tuple[float, float, str]:
-        stamps.clear()
-        if cuda:
-            torch.cuda.synchronize()
-        cpu_start, start = time.process_time(), time.perf_counter()
-        runner.run(_graph(args, config, ckpt.name, NAMES["clip"], seed, epochs))
-        if cuda:
-            torch.cuda.synchronize()
-        total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-        names = [n for _, n in stamps]
-        i = names.index("work")
-        node = (stamps[i + 1][0] if i + 1 < len(stamps) else start + total) - stamps[i][0]
-        report = runner.node_outputs("work")[5][0] if config["last_steps"] else ""
-        return node, cpu, report
-
-    load_before = os.getloadavg()[0]
     run(args.seed + 10_000, 1)  # warm-up: loads the models (one epoch for IPGO)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    if config["last_steps"]:
-        node, cpu, report = run(args.seed, args.epochs)
-        per_unit, cpu_unit = [node / args.epochs], [cpu / args.epochs]
+    harness.reset_peak_memory(bench.cuda)
+    if ipgo:
+        timed = run(args.seed, args.epochs)
+        per_unit, cpu_unit = [timed.node_s / args.epochs], [timed.cpu_s / args.epochs]
+        report = bench.outputs(IPGO_NODE)[REPORT_OUTPUT][0]
     else:
         runs = [run(args.seed + i, 1) for i in range(args.reps)]
-        per_unit, cpu_unit, report = [r[0] for r in runs], [r[1] for r in runs], ""
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    model = runner.node_outputs("ckpt")[0][0]
-    shutil.rmtree(base, ignore_errors=True)
+        per_unit, cpu_unit, report = [r.node_s for r in runs], [r.cpu_s for r in runs], ""
+    peak = harness.peak_memory_bytes(bench.cuda)
+    unet = str(bench.outputs("ckpt")[0][0].model.get_dtype())
+    bench.close()
     return dict(name=name, label=config["label"], seconds=per_unit, cpu=cpu_unit, peak_bytes=peak, report=report,
-                load=[load_before, os.getloadavg()[0]], unet=str(model.model.get_dtype()), torch=torch.__version__,
-                **_device_info())
+                unet=unet, sampler=bench.sampler, scheduler=bench.scheduler)
 
 
-def _child(args, what: str, passthrough: list[str]) -> tuple[dict | None, str]:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.ipgo_cost", "--one", what, *passthrough],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
-                          env=dict(os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {})))
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):]), proc.stderr
-    return None, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+# -- parent: the report --------------------------------------------------------------------------------
+def introduction(args) -> list[str]:
+    p = PAPER
+    lines = [f"IPGO (PromptOptim_IPGOOptimize) at the paper's token settings: prefix {p['prefix_tokens']}, suffix "
+             f"{p['suffix_tokens']}, rank {p['rank']}, rotation {'on' if p['rotation'] else 'off'}, conformity "
+             f"{p['conformity_weight']}, clip_norm {p['clip_norm']:g}, lr {p['learning_rate']}; one prompt. Each "
+             "configuration runs in its own fresh process through the real ComfyUI executor. IPGO first runs a "
+             f"1-epoch warm-up (it loads the models), then one timed run of {harness.counted(args.epochs, 'epoch')}; "
+             "s/epoch = the optimize node's time / epochs. Plain: one warm-up generation, then "
+             f"{'one timed generation' if args.reps == 1 else f'the median of {args.reps}'}. Model "
+             f"`{args.model}` ({MODEL_DESCRIPTIONS[args.model]}), {args.size} × {args.size}, {args.steps} steps, "
+             f"cfg {args.cfg}, `{args.sampler}` / `{args.scheduler}`. Reward: the tiny random CLIP of "
+             "`devtools/reward_models.py` (a real CLIP ViT-L/14 or ImageReward adds its own forward and backward "
+             "per epoch). All weights are random: the cost does not depend on their values."]
+    if args.steps != PAPER_STEPS:
+        lines += ["", f"{args.steps} steps instead of the paper's {PAPER_STEPS}: the ratio per epoch is what "
+                      "matters, and both sides use the same steps."]
+    return lines + (["", AUTHORS_SETTING] if args.model != "sd15" else [])
+
+
+def run_settings(args, results: dict) -> list[str]:
+    """The UNet's dtype and the sampling and IPGO settings, for the settings block."""
+    first = next(iter(results.values()))
+    return [f"UNet {first['unet']}",
+            f"model {args.model}, {args.size}x{args.size}, batch 1, {args.steps} steps, cfg {args.cfg}, "
+            f"{first['sampler']} / {first['scheduler']}, seed {args.seed}; IPGO: 1 prompt, {args.epochs} timed "
+            f"epochs after a 1-epoch warm-up; reward: tiny CLIP; plain: median of {args.reps} after 1 warm-up"]
+
+
+def cost_table(args, cuda: bool, results: dict) -> list[str]:
+    plain = results.get("plain")
+
+    def per_unit(r: dict, key: str) -> tuple[float, float | None]:
+        """(this configuration's median, plain sampling's)"""
+        return statistics.median(r[key]), statistics.median(plain[key]) if plain else None
+
+    def cells(r: dict) -> dict[str, str]:
+        (seconds, plain_s), (cpu, plain_cpu) = per_unit(r, "seconds"), per_unit(r, "cpu")
+        return {"s per epoch (plain: per generation)": f"{seconds:.2f}",
+                "ratio vs plain": harness.ratio(seconds, plain_s), "CPU s": f"{cpu:.1f}",
+                "CPU ratio": harness.ratio(cpu, plain_cpu), "peak memory*": harness.gib(r["peak_bytes"])}
+
+    columns = ["config", "s per epoch (plain: per generation)", "ratio vs plain", "CPU s", "CPU ratio", "peak memory*"]
+    labels = {name: config["label"] for name, config in CONFIGS.items()}
+    lines = ["", *settings_block(args, results, lambda r: run_settings(args, r)),
+             *harness.config_table(columns, args.configs, results, labels, cells), "",
+             f"{harness.peak_memory_note(cuda, 'the timed part')} {harness.load_note(results)}"]
+    for name, r in results.items():
+        if r["report"]:
+            lines += ["", f"{name} report ({r['label']}):", "", "```", r["report"], "```"]
+    return lines
+
+
+def reading(args, cuda: bool, results: dict) -> list[str]:
+    """What the numbers say, written from the numbers of this run."""
+    plain = results.get("plain")
+    if not plain:
+        return []
+    plain_s = statistics.median(plain["seconds"])
+    epochs = {CONFIGS[name]["last_steps"]: statistics.median(results[name]["seconds"])
+              for name in ("ipgo", "ipgo_k4") if name in results}
+    bullets = []
+    if epochs:
+        measured = " and ".join(f"{seconds / plain_s:.2f}×{' a plain generation' if i == 0 else ''} at K = {k}"
+                                for i, (k, seconds) in enumerate(epochs.items()))
+        smallest_k = min(epochs)
+        text = (f"**Cost.** One IPGO epoch cost {measured}, so N prompt-wise epochs cost about N times that in "
+                f"generations. An epoch is one generation ({args.steps - smallest_k} sampler steps "
+                f"without gradient, {smallest_k} Euler steps with gradient at K = {smallest_k}), a differentiable VAE "
+                "decode, the reward and a backward through the K UNet steps (CFG batch of 2) and the decoder.")
+        if 2 in epochs and 4 in epochs:
+            per_step = (epochs[4] - epochs[2]) / 2
+            plain_step = plain_s / args.steps
+            text += (f" Going from K = 2 to K = 4 added {epochs[4] - epochs[2]:.2f} s per epoch, about "
+                     f"{per_step:.2f} s per extra step with gradient, against {plain_step:.2f} s for a plain "
+                     f"sampling step: a step with gradient cost about {per_step / plain_step:.1f} plain steps.")
+        bullets.append(text)
+        if min(epochs.values()) < plain_s:
+            text = ("An epoch that comes out cheaper than a plain generation cannot be explained from the work done "
+                    "(it should be a little dearer); read it as about equal, not as a saving")
+            text += " (each figure is one timed run)." if args.reps == 1 else "."
+            if args.model == "small":
+                text += (" On the small model the backward is cheap (one-level UNet, TAESD decoder); on SD1.5 at "
+                         "512² the full VAE decoder's backward is large, so the ratio there is expected to be "
+                         "higher.")
+            bullets.append(text)
+        kind = "CUDA max allocated" if cuda else "the child process's peak RSS"
+        grown = " and ".join(f"{(results[name]['peak_bytes'] - plain['peak_bytes']) / 2**30:+.2f} GiB at "
+                             f"K = {CONFIGS[name]['last_steps']}" for name in ("ipgo", "ipgo_k4") if name in results)
+        bullets.append(f"**Memory.** Peak memory ({kind}) against plain sampling: {grown}. The autograd copies of "
+                       "the UNet and VAE weights (ComfyUI's weights are inference tensors) and the activations of "
+                       "the K steps and of the decoder are held for the backward; the activations grow with K and "
+                       "with the image size.")
+        bullets.append("The reports above list the reward of every timed epoch and whether the constraints held "
+                       "after every epoch (‖WᵀW − I‖, coefficients and angles in range). The weights are random, so "
+                       "nothing here bears on image quality.")
+    return harness.reading_section(bullets)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["small", "sd15"], default=None, help="default: small on CPU, sd15 on GPU")
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--steps", type=int, default=None, help="default 20 on CPU, 50 (paper) on GPU")
-    ap.add_argument("--cfg", type=float, default=7.5)
-    ap.add_argument("--sampler", default="lms")
-    ap.add_argument("--scheduler", default="normal")
-    ap.add_argument("--size", type=int, default=None, help="default 256 small, 512 sd15")
-    ap.add_argument("--epochs", type=int, default=None, help="timed epochs (default 2 on CPU, 5 on GPU)")
-    ap.add_argument("--reps", type=int, default=None, help="timed plain generations (default 1 CPU, 3 GPU)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    import torch
+    def epochs_option(parser):
+        parser.add_argument("--epochs", type=int, default=None, help="timed epochs (default 2 on CPU, 5 on GPU)")
 
-    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    args.device = "cuda" if cuda else "cpu"
-    args.model = args.model or ("sd15" if cuda else "small")
-    args.size = args.size or (512 if args.model == "sd15" else 256)
-    args.steps = args.steps or (50 if cuda else 20)
+    args, cuda = parse_arguments(__doc__, CONFIGS, REPORT, epochs_option, steps=None,
+                                 steps_help="default 20 on CPU, 50 (paper) on GPU", sampler="lms", scheduler="normal",
+                                 reps_help="timed plain generations (default 1 CPU, 3 GPU)")
+    args.steps = args.steps or (PAPER_STEPS if cuda else 20)
     args.epochs = args.epochs or (5 if cuda else 2)
-    args.reps = args.reps or (3 if cuda else 1)
-    if args.one is not None:
-        configure_comfy_args()
-        print(RESULT_TAG + json.dumps(run_one(args, args.one)), flush=True)
-        return
-    passthrough = ["--model", args.model, "--device", args.device, "--steps", str(args.steps), "--cfg", str(args.cfg),
-                   "--sampler", args.sampler, "--scheduler", args.scheduler, "--size", str(args.size),
-                   "--epochs", str(args.epochs), "--reps", str(args.reps), "--seed", str(args.seed)]
-    start = time.perf_counter()
-    results, failures = {}, {}
-    for name in args.configs:
-        res, err = _child(args, name, passthrough)
-        (results.__setitem__(name, res) if res else failures.__setitem__(name, err))
-        print(f"[ipgo_cost] {name}: {'ok' if res else 'FAILED'}", file=sys.stderr, flush=True)
-    any_res = next(iter(results.values()), None)
-    if any_res:
-        print(f"device: {any_res['device']}, torch {any_res['torch']}, UNet {any_res['unet']}")
-        print(f"model {args.model}, {args.size}x{args.size}, batch 1, {args.steps} steps, cfg {args.cfg}, "
-              f"{args.sampler} / {args.scheduler}, seed {args.seed}; IPGO: 1 prompt, {args.epochs} timed epochs after "
-              f"a 1-epoch warm-up; reward: tiny CLIP; plain: median of {args.reps} after 1 warm-up")
-        print()
-        print("| config | s per epoch (plain: per generation) | ratio vs plain | CPU s | CPU ratio | peak memory* |")
-        print("|---|---|---|---|---|---|")
-        plain = results.get("plain")
-        p_s = statistics.median(plain["seconds"]) if plain else None
-        p_c = statistics.median(plain["cpu"]) if plain else None
-        for name in args.configs:
-            if name not in results:
-                print(f"| {CONFIGS[name]['label']} | failed | | | | |")
-                continue
-            r = results[name]
-            s, c = statistics.median(r["seconds"]), statistics.median(r["cpu"])
-            print(f"| {r['label']} | {s:.2f} | {f'{s / p_s:.2f}x' if p_s else '-'} | {c:.1f} | "
-                  f"{f'{c / p_c:.2f}x' if p_c else '-'} | {_gib(r['peak_bytes'])} |")
-        print("*peak: CUDA max allocated over the timed part (resident models included), or the child process's "
-              "peak RSS on the CPU (includes loading). 1-min load average at start/end of each child: " +
-              ", ".join(f"{n} {r['load'][0]:.1f}/{r['load'][1]:.1f}" for n, r in results.items()))
-        for name, r in results.items():
-            if r["report"]:
-                print(f"\n{name} report:\n```\n{r['report']}\n```")
-    print(f"\nbenchmark wall time: {time.perf_counter() - start:.0f} s")
-    for name, err in failures.items():
-        print(f"\nFAILED {name}:\n```\n{err.strip()}\n```")
-    if failures:
-        sys.exit(1)
+    started = time.perf_counter()
+    results, failed = run_configurations(MODULE, args, cuda, lambda name: run_one(args, name),
+                                         summary=lambda r: f"{statistics.median(r['seconds']):.2f} s per unit")
+    body = [*introduction(args), *cost_table(args, cuda, results), *reading(args, cuda, results)]
+    harness.finish(args.out, "Cost of IPGO per epoch against one plain generation", MODULE, body, cuda, started,
+                   failed)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Cost of MinorityPrompt sampling against plain sampling: seconds per image and peak memory, in one invocation.
 
-    python -m benchmarks.minority_cost [--model small|sd15] [--steps 50] [--reps N]
+    python -m benchmarks.minority_cost [--model small|sd15] [--steps 50] [--reps N] [--out PATH]
 
-Configurations (same seed, steps, cfg, sampler and scheduler; batch 1), each in its own fresh
-subprocess (`--one NAME`) so memory peaks do not accumulate:
+Writes benchmarks/minority_cost.md (or --out). Configurations (same seed, steps, cfg, sampler and scheduler;
+batch 1), each in its own fresh subprocess (`--one NAME`) so memory peaks do not accumulate:
 
     plain          core KSampler, positive from CLIPTextEncode
     minority       PromptOptim_MinoritySampler at the paper's defaults, positive from
@@ -35,32 +35,25 @@ includes loading the checkpoint.
 Models (random weights; the cost does not depend on their values), as in benchmarks.date_cost:
   --model small   devtools.checkpoints.checkpoint_path("sd1"): shrunk SD1 UNet (one level), full CLIP-L
                   text encoder, TAESD VAE; 256 x 256 by default. The default on the CPU.
-  --model sd15    full-size SD1.5 (benchmarks.date_cost.sd15_checkpoint): UNet from ComfyUI's own SD15
+  --model sd15    full-size SD1.5 (benchmarks.bench_models.sd15_checkpoint): UNet from ComfyUI's own SD15
                   UNet config (860 M parameters), the full SD1.x AutoencoderKL VAE and CLIP-L; random fp16
-                  weights; 512 x 512 by default. Cached as
-                  ~/.cache/prompt-optim/bench/prompt_optim_bench_sd15_full_v1_s0.safetensors (~2.1 GB).
+                  weights; 512 x 512 by default. Built once into ~/.cache/prompt-optim/bench (~2.1 GB).
                   The default on a GPU.
 No reward model is involved.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import re
-import resource
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-from benchmarks.date_cost import PROMPT, _device_info, _gib, sd15_checkpoint
-from devtools.comfy_path import configure_comfy_args
+from benchmarks import harness
+from benchmarks.bench_models import checkpoint_file
+from benchmarks.comfy_run import (SAMPLER_NODE, ComfyBench, generation_cells, generation_notes, generation_protocol,
+                                  model_dtypes, parse_arguments, run_configurations, sampling_graph, settings_block)
 
-RESULT_TAG = "MINORITY_COST_RESULT "
+MODULE = "benchmarks.minority_cost"
+REPORT = harness.ROOT / "benchmarks" / "minority_cost.md"
 
 CONFIGS = {
     "plain": dict(label="plain KSampler", minority=False, checkpointing=False),
@@ -73,37 +66,21 @@ PAPER_SETTINGS = dict(iterations=10, lr=0.01, optimize_fraction=0.1, every_n_ste
                       anneal=True, fixed_level=0.75, between_steps="original", token_per_image=True, diversity=0.0,
                       gradient_checkpointing=False, measure_gain=False)
 ENCODE_SETTINGS = dict(position="end", init="word", init_word="cool", init_seed=0)
-
-
-def checkpoint_file(args) -> Path:
-    from devtools.checkpoints import checkpoint_path
-
-    return checkpoint_path("sd1") if args.model == "small" else sd15_checkpoint()
+AUTHORS_SETTING = ("The authors' setting is full-size SD1.5 at 512², 50 steps, cfg 7.5, on a GPU: "
+                   "`python -m benchmarks.minority_cost --model sd15 --steps 50 --cfg 7.5 --size 512` (on a GPU "
+                   "`--model sd15`, `--size 512` and `--reps 3` are the defaults); the first run builds the "
+                   "random-weight SD1.5 checkpoint into `~/.cache/prompt-optim/bench` (~2.1 GB).")
+REPORT_OUTPUT = 2  # the sampler node's output slot holding its report text
 
 
 # -- child: one configuration --------------------------------------------------------------------------
 def _graph(args, config: dict, ckpt_name: str, sampler: str, scheduler: str, seed: int) -> dict:
-    minority = config["minority"]
-    pos_inputs = {"clip": ["ckpt", 1], "text": PROMPT}
-    if minority:
-        pos_inputs.update(ENCODE_SETTINGS)
-    g = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
-        "pos": {"class_type": "PromptOptim_MinorityEncode" if minority else "CLIPTextEncode", "inputs": pos_inputs},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
-        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": args.size, "height": args.size, "batch_size": 1}},
-        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
-        "prev": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}},
-    }
-    common = {"model": ["ckpt", 0], "seed": seed, "steps": args.steps, "cfg": args.cfg, "sampler_name": sampler,
-              "scheduler": scheduler, "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["lat", 0],
-              "denoise": 1.0}
-    if not minority:
-        g["ks"] = {"class_type": "KSampler", "inputs": common}
-        return g
-    g["ks"] = {"class_type": "PromptOptim_MinoritySampler",
-               "inputs": dict(common, **dict(PAPER_SETTINGS, gradient_checkpointing=config["checkpointing"]))}
-    return g
+    if not config["minority"]:
+        return sampling_graph(args, ckpt_name, sampler, scheduler, seed)
+    settings = dict(PAPER_SETTINGS, gradient_checkpointing=config["checkpointing"])
+    return sampling_graph(args, ckpt_name, sampler, scheduler, seed,
+                          positive=("PromptOptim_MinorityEncode", ENCODE_SETTINGS),
+                          sampler_node=("PromptOptim_MinoritySampler", settings))
 
 
 def parse_report(report: str) -> tuple[int, list[int]]:
@@ -115,201 +92,149 @@ def parse_report(report: str) -> tuple[int, list[int]]:
     return int(match.group(1)), [int(s) for s in match.group(2).replace(",", " ").split()]
 
 
-def _start_comfy(args):
-    """A throw-away ComfyUI base dir with this pack and the checkpoint; the in-process executor."""
-    ckpt = checkpoint_file(args)
-    base = Path(tempfile.mkdtemp(prefix="minority_cost_"))
-    from devtools.base_dir import make_base_dir
-    from devtools.inprocess import InProcessComfy
-
-    make_base_dir(base, checkpoints=[ckpt])
-    runner = InProcessComfy(base)
-    import comfy.samplers
-    import comfy.utils
-
-    comfy.utils.set_progress_bar_enabled(False)
-    sampler, scheduler = args.sampler, args.scheduler
-    if sampler not in comfy.samplers.SAMPLER_NAMES or scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        sampler, scheduler = "euler", "normal"
-    return runner, base, ckpt, sampler, scheduler
-
-
 def run_one(args, name: str) -> dict:
-    import torch
-
     config = CONFIGS[name]
-    runner, base, ckpt, sampler, scheduler = _start_comfy(args)
-    cuda = torch.cuda.is_available()
-    stamps: list[tuple[float, str]] = []
-    send = runner.server.send_sync
+    ckpt = checkpoint_file(args.model)
+    bench = ComfyBench("minority_cost_", [ckpt], sampler=args.sampler, scheduler=args.scheduler)
 
-    def record(event, data, sid=None):
-        if event == "executing":
-            stamps.append((time.perf_counter(), str(data.get("node") if isinstance(data, dict) else data)))
-        return send(event, data, sid)
+    def generate(seed: int):
+        return bench.run(_graph(args, config, ckpt.name, bench.sampler, bench.scheduler, seed), SAMPLER_NODE)
 
-    runner.server.send_sync = record
-
-    def generate(seed: int) -> tuple[float, float, float, str]:
-        graph = _graph(args, config, ckpt.name, sampler, scheduler, seed)
-        stamps.clear()
-        if cuda:
-            torch.cuda.synchronize()
-        cpu_start = time.process_time()
-        start = time.perf_counter()
-        runner.run(graph)
-        if cuda:
-            torch.cuda.synchronize()
-        total = time.perf_counter() - start
-        cpu = time.process_time() - cpu_start
-        names = [n for _, n in stamps]
-        node = float("nan")
-        if "ks" in names:
-            i = names.index("ks")
-            end = stamps[i + 1][0] if i + 1 < len(stamps) else start + total
-            node = end - stamps[i][0]
-        report = runner.node_outputs("ks")[2][0] if config["minority"] else ""
-        return total, node, cpu, report
-
-    load_before = os.getloadavg()[0]
     warm = generate(args.seed + 10_000)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    harness.reset_peak_memory(bench.cuda)
     times = [generate(args.seed + i) for i in range(args.reps)]
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    report = times[-1][3]
+    peak = harness.peak_memory_bytes(bench.cuda)
+    report = bench.outputs(SAMPLER_NODE)[REPORT_OUTPUT][0] if config["minority"] else ""  # last timed generation
     optimized, steps = parse_report(report) if config["minority"] else (0, [])
-    model, clip, vae = (out[0] for out in runner.node_outputs("ckpt"))
-    dtypes = dict(unet=str(model.model.get_dtype()), unet_compute=str(model.model.manual_cast_dtype or
-                                                                       model.model.get_dtype()),
-                  vae=str(vae.vae_dtype), clip=str(next(clip.cond_stage_model.parameters()).dtype))
-    shutil.rmtree(base, ignore_errors=True)
-    return dict(name=name, label=config["label"], sampler=sampler, scheduler=scheduler, warmup_s=warm[0],
-                times_s=[t[0] for t in times], node_s=[t[1] for t in times], cpu_s=[t[2] for t in times],
-                load=[load_before, os.getloadavg()[0]], peak_bytes=peak, optimized=optimized, optimized_steps=steps,
-                report=report, dtypes=dtypes, torch=torch.__version__, **_device_info())
+    dtypes = model_dtypes(bench)
+    bench.close()
+    return dict(name=name, label=config["label"], sampler=bench.sampler, scheduler=bench.scheduler,
+                warmup_s=warm.total_s, times_s=[t.total_s for t in times], node_s=[t.node_s for t in times],
+                cpu_s=[t.cpu_s for t in times], peak_bytes=peak, optimized=optimized, optimized_steps=steps,
+                report=report, dtypes=dtypes)
 
 
-# -- parent -------------------------------------------------------------------------------------------
-def _child(args, what: str, passthrough: list[str]) -> tuple[dict | None, str, float]:
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.minority_cost", "--one", what, *passthrough],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
-                          env=dict(os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {})))
-    wall = time.perf_counter() - start
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):]), proc.stderr, wall
-    return None, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}", wall
+# -- parent: the report --------------------------------------------------------------------------------
+def _median(result: dict, key: str) -> float:
+    return statistics.median(result[key])
+
+
+def _extra_per_optimized_step(result: dict, plain: dict | None) -> float | None:
+    if not plain or not result["optimized"]:
+        return None
+    return (_median(result, "times_s") - _median(plain, "times_s")) / result["optimized"]
+
+
+def introduction(args) -> list[str]:
+    lines = ["MinorityPrompt (PromptOptim_MinoritySampler, its positive from PromptOptim_MinorityEncode with the "
+             f"placeholder at the `{ENCODE_SETTINGS['position']}` initialized from the word "
+             f"\"{ENCODE_SETTINGS['init_word']}\") at the paper's defaults, against the core KSampler. "
+             f"{generation_protocol(args)}; random weights (the cost does not depend on their values). No reward "
+             "model is involved."]
+    return lines + (["", AUTHORS_SETTING] if args.model != "sd15" else [])
+
+
+def run_settings(args, results: dict) -> list[str]:
+    """The dtypes the children used and the sampling and MinorityPrompt settings, for the settings block."""
+    first = next(iter(results.values()))
+    dtypes, s = first["dtypes"], PAPER_SETTINGS
+    return [f"dtypes: UNet {dtypes['unet']} (compute {dtypes['unet_compute']}), VAE {dtypes['vae']}, "
+            f"CLIP {dtypes['clip']}",
+            f"model {args.model}, {args.size}x{args.size}, batch 1, {args.steps} steps, cfg {args.cfg}, "
+            f"{first['sampler']} / {first['scheduler']}, seed {args.seed}; MinorityPrompt iterations "
+            f"{s['iterations']}, lr {s['lr']}, optimize_fraction {s['optimize_fraction']}, every_n_steps "
+            f"{s['every_n_steps']}, sg_lambda {s['sg_lambda']}, norm {s['norm']}, anneal {s['anneal']}, "
+            f"between_steps {s['between_steps']}, token_per_image {s['token_per_image']}, diversity "
+            f"{s['diversity']}; median of {args.reps} after 1 warm-up"]
+
+
+def cost_table(args, cuda: bool, results: dict) -> list[str]:
+    def cells(r: dict) -> dict[str, str]:
+        extra = _extra_per_optimized_step(r, results.get("plain"))
+        return {**generation_cells(r, results.get("plain")),
+                "optimized steps": f"{r['optimized']} {r['optimized_steps']}" if r["optimized"] else "0",
+                "extra s / optimized step": "-" if extra is None else f"{extra:.2f}"}
+
+    columns = ["config", "optimized steps", "s/image", "ratio vs plain", "sampler node s", "extra s / optimized step",
+               "CPU s/image**", "CPU-time ratio", "peak memory*"]
+    labels = {name: config["label"] for name, config in CONFIGS.items()}
+    lines = ["", *settings_block(args, results, lambda r: run_settings(args, r)),
+             *harness.config_table(columns, args.configs, results, labels, cells), *generation_notes(cuda, results)]
+    reports = {name: r["report"] for name, r in results.items() if r["report"]}
+    if len(reports) > 1 and len(set(reports.values())) == 1:
+        lines += ["", "Sampler report of the last timed generation (identical for "
+                      f"{' and '.join(reports)}):", "", "```", next(iter(reports.values())), "```"]
+    else:
+        for name, report in reports.items():
+            lines += ["", f"{name} report (last timed generation):", "", "```", report, "```"]
+    return lines
+
+
+def reading(args, cuda: bool, results: dict) -> list[str]:
+    """What the numbers say, written from the numbers of this run."""
+    plain, minority, checkpointed = results.get("plain"), results.get("minority"), results.get("minority_ckpt")
+    iterations = PAPER_SETTINGS["iterations"]
+    bullets = []
+    extra = _extra_per_optimized_step(minority, plain) if minority else None
+    if extra is not None:
+        cost = _median(minority, "times_s") / _median(plain, "times_s")
+        per_iteration = extra / iterations
+        plain_step = _median(plain, "times_s") / args.steps
+        text = (f"**Cost.** The paper's defaults cost {cost:.2f}× plain sampling here, with {minority['optimized']} "
+                f"of the {args.steps} steps optimized. Each optimized step added {extra:.2f} s, so each of its "
+                f"{iterations} Adam iterations about {per_iteration:.2f} s; a plain sampling step (a batch-2 CFG UNet "
+                f"forward, with its share of the decode) took {plain_step:.2f} s, so one iteration cost about "
+                f"{per_iteration / plain_step:.1f} plain steps. An iteration is a CLIP-L text-encoder forward and "
+                "backward plus two batch-1 UNet forwards and the backward through both.")
+        if args.model == "small":
+            text += (" On the small model the full-size CLIP-L text encoder is a large part of that, so the ratio on "
+                     "SD1.5 will differ.")
+        text += " `date_cost.md` has DATE's cost for comparison."
+        bullets.append(text)
+    checkpointed_extra = _extra_per_optimized_step(checkpointed, plain) if checkpointed else None
+    if extra is not None and checkpointed_extra is not None:
+        saved = minority["peak_bytes"] - checkpointed["peak_bytes"]
+        added = minority["peak_bytes"] - plain["peak_bytes"]
+        text = (f"**Gradient checkpointing** changed the peak by {-saved / 2**30:+.2f} GiB and the extra time per "
+                f"optimized step from {extra:.1f} s to {checkpointed_extra:.1f} s "
+                f"({checkpointed_extra / extra - 1:+.0%}). core/minority/optimize.py's optimize_step checkpoints "
+                "both UNet predictions of an iteration (x0_t and x0_s), so backward recomputes two forwards; "
+                "counting a backward as two forwards, that predicts at most 8/6 ≈ 1.33× per optimized step, less "
+                "once the un-checkpointed text encoder is counted. ")
+        text += ("The peak is CUDA max allocated with the models resident. " if cuda else
+                 "On the CPU the peak is the process's RSS, including the loaded models. ")
+        removed = f"{saved / 2**30:.2f} GiB" if saved > 0 else "nothing"
+        text += f"Of MinorityPrompt's {added / 2**30:+.2f} GiB over plain sampling, checkpointing removed {removed}"
+        if saved < added / 4:
+            text += (", so most of it is not activations: it is likely the weight copies that make autograd possible "
+                     "under ComfyUI's inference mode (UNet and CLIP-L text encoder; `adapter_memory.md`), which exist "
+                     "only during an optimized step.")
+        else:
+            text += f": activations are a large part of it at {args.size}²."
+        bullets.append(text)
+    reports = [r["report"] for r in (minority, checkpointed) if r and r["report"]]
+    if reports:
+        text = "**The optimization itself.** "
+        if len(reports) == 2 and reports[0] == reports[1]:
+            text += ("Both MinorityPrompt configurations report identical objectives, so checkpointing does not "
+                     "change the computation. ")
+        text += ("The \"objective a -> b\" values are J at the first and the last iteration. Each iteration re-noises "
+                 "with a fresh draw, so the two values come from different noise, and with `measure_gain` off they "
+                 "do not show whether J rose. Comparing J across steps mixes in the annealed re-noise level "
+                 "s = T − t, which rises from step to step. The weights are random, so nothing here bears on image "
+                 "quality.")
+        bullets.append(text)
+    return harness.reading_section(bullets)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["small", "sd15"], default=None, help="default: small on CPU, sd15 on GPU")
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--cfg", type=float, default=7.5)
-    ap.add_argument("--sampler", default="ddim")
-    ap.add_argument("--scheduler", default="ddim_uniform")
-    ap.add_argument("--size", type=int, default=None, help="image side in pixels (default 256 small, 512 sd15)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--reps", type=int, default=None, help="timed generations (default 1 on CPU, 3 on GPU)")
-    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode: one configuration
-    args = ap.parse_args()
-
-    if args.one is not None:  # child
-        configure_comfy_args()
-        if args.one == "prepare":
-            checkpoint_file(args)
-            result = dict(name="prepare")
-        else:
-            result = run_one(args, args.one)
-        print(RESULT_TAG + json.dumps(result), flush=True)
-        return
-
-    import torch  # only to pick defaults; the parent does not touch the device
-
-    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: no CUDA device")
-    args.device = "cuda" if cuda else "cpu"
-    args.model = args.model or ("sd15" if cuda else "small")
-    args.size = args.size or (512 if args.model == "sd15" else 256)
-    args.reps = args.reps or (3 if cuda else 1)
-    passthrough = ["--model", args.model, "--device", args.device, "--steps", str(args.steps), "--cfg",
-                   str(args.cfg), "--sampler", args.sampler, "--scheduler", args.scheduler, "--size", str(args.size),
-                   "--seed", str(args.seed), "--reps", str(args.reps)]
-    bench_start = time.perf_counter()
-
-    def log(text: str):
-        print(text, file=sys.stderr, flush=True)
-
-    prep, err, wall = _child(args, "prepare", passthrough)
-    if prep is None:
-        log(f"preparing the model files failed:\n{err}")
-        sys.exit(1)
-    log(f"[minority_cost] model files ready ({wall:.0f} s)")
-    results, failures = {}, {}
-    for name in args.configs:
-        res, err, wall = _child(args, name, passthrough)
-        if res is None:
-            failures[name] = err
-            log(f"[minority_cost] {name} FAILED after {wall:.0f} s:\n{err}")
-        else:
-            results[name] = res
-            log(f"[minority_cost] {name}: {statistics.median(res['times_s']):.2f} s/image "
-                f"(child process {wall:.0f} s)")
-
-    any_res = next(iter(results.values()), None)
-    if any_res:
-        dt = any_res["dtypes"]
-        s = PAPER_SETTINGS
-        print(f"device: {any_res['device']}, torch {any_res['torch']}, UNet {dt['unet']} (compute "
-              f"{dt['unet_compute']}), VAE {dt['vae']}, CLIP {dt['clip']}")
-        print(f"model {args.model}, {args.size}x{args.size}, batch 1, {args.steps} steps, cfg {args.cfg}, "
-              f"{any_res['sampler']} / {any_res['scheduler']}, seed {args.seed}; MinorityPrompt iterations "
-              f"{s['iterations']}, lr {s['lr']}, optimize_fraction {s['optimize_fraction']}, every_n_steps "
-              f"{s['every_n_steps']}, sg_lambda {s['sg_lambda']}, norm {s['norm']}, anneal {s['anneal']}, "
-              f"between_steps {s['between_steps']}, token_per_image {s['token_per_image']}, diversity "
-              f"{s['diversity']}; median of {args.reps} after 1 warm-up")
-        print()
-        print("| config | optimized steps | s/image | ratio vs plain | sampler node s | extra s / optimized step | "
-              "CPU s/image** | CPU-time ratio | peak memory* |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        plain = statistics.median(results["plain"]["times_s"]) if "plain" in results else None
-        plain_cpu = statistics.median(results["plain"]["cpu_s"]) if "plain" in results else None
-        for name in args.configs:
-            if name in failures:
-                print(f"| {CONFIGS[name]['label']} | failed | | | | | | | |")
-                continue
-            r = results[name]
-            t, c = statistics.median(r["times_s"]), statistics.median(r["cpu_s"])
-            ratio = f"{t / plain:.2f}x" if plain else "-"
-            cpu_ratio = f"{c / plain_cpu:.2f}x" if plain_cpu else "-"
-            extra = f"{(t - plain) / r['optimized']:.2f}" if plain and r["optimized"] else "-"
-            steps = f"{r['optimized']} {r['optimized_steps']}" if r["optimized"] else "0"
-            print(f"| {r['label']} | {steps} | {t:.2f} | {ratio} | {statistics.median(r['node_s']):.2f} | {extra} | "
-                  f"{c:.1f} | {cpu_ratio} | {_gib(r['peak_bytes'])} |")
-        print("*peak: CUDA max allocated over the timed generations (resident models included), or the child "
-              "process's peak RSS on the CPU (includes loading).")
-        print("**CPU s: process CPU time (all threads) per generation; less sensitive than wall time to other "
-              "load on the machine. 1-min load average at start/end of each child: " +
-              ", ".join(f"{n} {results[n]['load'][0]:.1f}/{results[n]['load'][1]:.1f}" for n in results))
-        for name, r in results.items():
-            if r["report"]:
-                print()
-                print(f"{name} report (last timed generation):")
-                print("```")
-                print(r["report"])
-                print("```")
-    print()
-    print(f"benchmark wall time: {time.perf_counter() - bench_start:.0f} s")
-    if failures:
-        print()
-        for name, err in failures.items():
-            print(f"FAILED {name}:\n```\n{err.strip()}\n```")
-        sys.exit(1)
+    args, cuda = parse_arguments(__doc__, CONFIGS, REPORT)
+    started = time.perf_counter()
+    results, failed = run_configurations(MODULE, args, cuda, lambda name: run_one(args, name),
+                                         summary=lambda r: f"{_median(r, 'times_s'):.2f} s/image",
+                                         prepare=lambda: checkpoint_file(args.model))
+    body = [*introduction(args), *cost_table(args, cuda, results), *reading(args, cuda, results)]
+    harness.finish(args.out, "Cost of MinorityPrompt against plain sampling", MODULE, body, cuda, started, failed)
 
 
 if __name__ == "__main__":

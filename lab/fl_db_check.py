@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import harness
+
+ROOT = harness.ROOT
 REPORT = ROOT / "benchmarks" / "lab_fl_db.md"
 # arm: (objective, flow head reads detached states, flow warm-up steps with the policy frozen)
 ARMS = {"trajectory balance": ("tb", True, 0), "FL-DB (flow reads detached states)": ("fl_db", True, 0),
@@ -46,8 +46,6 @@ def main() -> None:
 
     configure_comfy_args()
     torch.set_num_threads(1)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     start = time.time()
     reference, tokenizer = load_policy(ROOT / "lab" / "weights" / "rewriters" / NAMES["reference"])
     reward = LabRelevance(LDM_FILE, lab_reward_folder())
@@ -70,13 +68,8 @@ def main() -> None:
                     curve.append((trainer.step, trainer.evaluate()))
             rows.append((label, seed, curve))
             print(label, seed, [(s, round(e["reward"], 3)) for s, e in curve], flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     steps = [s for s, _ in rows[0][2]]
-    lines = ["# FL-DB in the lab: detached vs trained flow-head inputs", "",
-             f"Command: `python -m lab.fl_db_check --steps {args.steps} --seeds {' '.join(map(str, args.seeds))}`"
-             f" (commit {commit}; {cpu}, 1 thread, torch {torch.__version__}; {time.time() - start:.0f} s).", "",
-             "From the committed reference rewriter, lab/rewriter.py's fine-tuning settings (see the script's "
+    lines = ["From the committed reference rewriter, lab/rewriter.py's fine-tuning settings (see the script's "
              "docstring). Lab reward of 16 fresh rewrites per prompt (12 prompts), every "
              f"{args.eval_every} steps; text diversity at the end.", "",
              "| arm | seed | " + " | ".join(f"step {s}" for s in steps) + " | diversity |",
@@ -84,7 +77,8 @@ def main() -> None:
     for label, seed, curve in rows:
         lines.append(f"| {label} | {seed} | " + " | ".join(f"{e['reward']:.3f}" for _, e in curve)
                      + f" | {curve[-1][1]['diversity']:.3f} |")
-    args.out.write_text("\n".join(lines) + "\n")
+    harness.write_report(args.out, "FL-DB in the lab: detached vs trained flow-head inputs", "lab.fl_db_check", lines,
+                         cuda=False, wall_s=time.time() - start)
 
 
 if __name__ == "__main__":

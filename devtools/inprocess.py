@@ -5,11 +5,38 @@ ComfyUI keeps global registries, so one process hosts one ComfyUI: call `start` 
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
+import importlib.util
 import logging
+import os
+import sys
 import uuid
 from pathlib import Path
 
+from devtools.base_dir import PACK_NAME
 from devtools.comfy_path import configure_comfy_args
+
+
+class _SharedCore(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Gives the pack ComfyUI loads the same `core` modules the tests import: ComfyUI imports a pack under its
+    folder path (`.../custom_nodes/prompt-optim`), so `from ...core.x import` in nodes/ would otherwise load
+    a second copy of core/ whose classes differ from the tests' `core.x` ones. Names `<pack>.core[.x]`
+    resolve to the module `core[.x]`, one import identity for every core module."""
+
+    MARKER = os.sep + "custom_nodes" + os.sep + PACK_NAME + ".core"
+
+    def find_spec(self, fullname, path=None, target=None):
+        at = fullname.find(self.MARKER)
+        rest = fullname[at + len(self.MARKER):] if at >= 0 else None
+        if rest is None or (rest and not rest.startswith(".")):
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        return importlib.import_module("core" + spec.name[spec.name.find(self.MARKER) + len(self.MARKER):])
+
+    def exec_module(self, module):
+        pass  # already executed under its own name
 
 
 class EventLog:
@@ -49,6 +76,8 @@ class InProcessComfy:
         import nodes
 
         logging.getLogger().setLevel(logging.WARNING)
+        if not any(isinstance(finder, _SharedCore) for finder in sys.meta_path):
+            sys.meta_path.insert(0, _SharedCore())
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
         self.nodes = nodes
         self.execution = execution

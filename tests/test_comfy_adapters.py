@@ -10,6 +10,18 @@ PROMPT = "a red circle on a blue background"
 TOLERANCE = 1e-2  # float32 central differences agree to ~1e-4 here; a wrong gradient is off by O(1)
 
 
+def test_the_loaded_pack_and_the_tests_share_one_core(pack):
+    """One import identity: the nodes ComfyUI loaded use the very core modules the tests import."""
+    import core.rewards
+    import core.shared.conditioning
+    import core.shared.prediction
+
+    assert pack.prediction is core.shared.prediction and pack.core_rewards is core.rewards
+    assert pack.comfy_denoiser.PredictionType is core.shared.prediction.PredictionType
+    assert pack.comfy_denoiser.TextConditioning is core.shared.conditioning.TextConditioning
+    assert pack.comfy_reward.__name__.endswith("prompt-optim.nodes.comfy.reward")  # nodes: ComfyUI's package
+
+
 def gradient_check_graph(ckpt_name, prompt=PROMPT, loader=None):
     loader = loader or {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}}
     return {

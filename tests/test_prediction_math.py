@@ -41,4 +41,4 @@ def test_vp_sigmas_match_comfyui_schedule(samplings):
 
 def test_adapter_maps_comfy_prediction_types(pack, samplings):
     for kind, ms in samplings.items():
-        assert pack.comfy_denoiser.prediction_type(ms).value == kind.value  # the pack has its own copy of core
+        assert pack.comfy_denoiser.prediction_type(ms).value == kind.value

@@ -231,6 +231,7 @@ def test_cancel_inside_the_update_loop(comfy, sd1_checkpoint):
     assert len(calls) == 1, "the next inner iteration must notice the cancel"
 
 
+@pytest.mark.slow
 def test_sdxl_update_raises_the_reward_and_keeps_distance_rho(comfy, sdxl_checkpoint):
     guider, _ = _run(comfy, date_graph(sdxl_checkpoint.name))
     _check_update_claims(guider, 0.5)

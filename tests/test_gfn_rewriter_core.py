@@ -177,6 +177,7 @@ def _toy_run(folders, seed: int, steps: int = 300) -> dict:
     return {"initial": initial, "gfn": gfn.evaluate(), "rmax": rmax.evaluate()}
 
 
+@pytest.mark.slow
 @pytest.mark.claim
 def test_toy_training_raises_reward_and_keeps_diversity_unlike_reward_maximization(folders):
     """The central claim on a text-only reward (share of style words), over three seeds: the GFlowNet's mean
@@ -241,6 +242,7 @@ def test_resumed_training_with_dropout_continues_exactly(folders, tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_two_process_ddp_training_on_cpu_saves_and_resumes(folders, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     for steps in (4, 6):  # the second run resumes from the first one's checkpoint

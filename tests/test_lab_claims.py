@@ -15,7 +15,7 @@ import pytest
 from lab import measure
 from lab.world import Scene
 
-pytestmark = pytest.mark.claim
+pytestmark = [pytest.mark.claim, pytest.mark.slow]
 SCALE = measure.SCALES["ci"]
 
 

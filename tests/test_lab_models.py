@@ -59,6 +59,7 @@ def test_expanded_checkpoint_computes_what_was_trained(lab_loaded):
         assert (mine - theirs).abs().max() < 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.claim
 def test_lab_model_follows_the_prompt_in_comfyui(comfy, lab_checkpoint):
     """The baseline the methods are measured against: plain KSampler, 64 px, euler, 20 steps, cfg 5. Each

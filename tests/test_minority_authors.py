@@ -350,6 +350,7 @@ def test_sd15_seeded_changes_break_the_equivalence(comfy, schedule_node, authors
     assert dev[fails] > 100 * TOLERANCE[fails], dev
 
 
+@pytest.mark.slow
 def test_sdxl_minority_matches_the_authors_code_with_eos_pooling(sdxl_run, pack):
     record = EXPECTED["sdxl"]["pooled_at_eos"]
     check_input_ids(pack, sdxl_run["clip"], record)

@@ -72,6 +72,7 @@ def _claims(comfy, guider, expected_steps):
     assert not torch.equal(run.token.vectors["l"][0], run.token.vectors["l"][1]), "one token per image"
 
 
+@pytest.mark.slow
 @pytest.mark.claim
 def test_sd1_objective_rises_and_only_the_placeholder_changes(comfy, sd1_checkpoint):
     graph = minority_graph(sd1_checkpoint.name)
@@ -87,6 +88,7 @@ def test_sd1_objective_rises_and_only_the_placeholder_changes(comfy, sd1_checkpo
     assert not model.get_additional_models_with_key("prompt_optim_minority"), "the user's model gets no attachment"
 
 
+@pytest.mark.slow
 def test_sdxl_at_cfg_1_objective_rises_and_only_the_placeholder_changes(comfy, sdxl_checkpoint):
     """SDXL (both encoders, pooled output, size conditioning) as distilled few-step models run it: cfg 1."""
     # one optimized step of two (CLIP-G's backward costs most of this test's time)
@@ -183,6 +185,7 @@ def test_sampler_node_without_optimized_steps_equals_ksampler(comfy, sd1_checkpo
     assert "no optimized step" in comfy.node_outputs("mks")[2][0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_saved_embedding_reproduces_the_optimized_conditioning(comfy, pack, sd1_checkpoint, sdxl_checkpoint,
                                                                family):

@@ -214,3 +214,14 @@ def test_missing_vocabulary_falls_back_to_the_local_cache_only(reward_models, tm
         monkeypatch.setenv(variable, str(tmp_path / "empty_hf_cache"))
     with pytest.raises(RewardFileError, match="no bert-base-uncased vocab.txt in .* local Hugging Face cache"):
         load_reward("image_reward", folder)
+
+
+def test_errors_say_whether_the_backbone_or_the_reward_weights_are_at_fault(reward_models, tmp_path):
+    from core.rewards import BACKBONE, error_part
+
+    with pytest.raises(RewardFileError) as error:  # the aesthetic head is fine, its backbone is missing
+        _load(reward_models, "laion_aesthetic", backbone_path=tmp_path / "no_clip_here")
+    assert error_part(error.value) == BACKBONE and "no_clip_here" in str(error.value)
+    with pytest.raises(RewardFileError) as error:  # the head itself is missing
+        load_reward("laion_aesthetic", tmp_path / "missing.pth", backbone_path=reward_models / NAMES["clip"])
+    assert error_part(error.value) == "weights"

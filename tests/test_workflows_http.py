@@ -16,6 +16,8 @@ from devtools.server import EventListener
 from devtools.workflow_format import ui_to_api
 from lab.world import ATTRIBUTES, extract
 
+pytestmark = pytest.mark.slow  # each graph runs in a real ComfyUI server: 3-25 s
+
 
 def test_only_this_pack_is_loaded(object_info):
     modules = {info["python_module"] for info in object_info.values()}

@@ -22,6 +22,18 @@ class RewardCheckpointError(ValueError):
     """A checkpoint whose keys or shapes do not fit the model it should load into."""
 
 
+class RewardArchitectureError(ValueError):
+    """An open_clip architecture name that is missing, not a plain model name, or unknown to open_clip."""
+
+
+BACKBONE = "backbone"  # `part` of an error raised while loading a reward's CLIP backbone (not its own weights)
+
+
+def error_part(error: Exception) -> str:
+    """Which of a reward's files an error concerns: BACKBONE, or "weights" (the reward's own)."""
+    return getattr(error, "part", "weights")
+
+
 def require_path(path: str | Path, what: str, expected: str) -> Path:
     path = Path(path)
     if not path.exists():

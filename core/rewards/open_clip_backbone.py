@@ -19,8 +19,8 @@ from torch import nn
 
 from .clip_backbone import ClipBackbone
 from .clip_rewards import ClipSimilarity
-from .local_files import (WEIGHT_SUFFIXES, RewardCheckpointError, RewardFileError, check_keys, read_state_dict,
-                          require_path)
+from .local_files import (WEIGHT_SUFFIXES, RewardArchitectureError, RewardCheckpointError, RewardFileError, check_keys,
+                          read_state_dict, require_path)
 from .preprocess import ImageTransform
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -173,16 +173,16 @@ def _build_model(open_clip, path: Path, architecture: str | None, what: str):
             raise RewardFileError(f"{what}: '{path}' is not a weights file ({', '.join(WEIGHT_SUFFIXES)}); "
                                   f"expected {OPEN_CLIP_LAYOUT}.")
         if not architecture:
-            raise ValueError(f"{what}: '{path}' is a bare weights file; give its open_clip architecture name too "
-                             "(e.g. ViT-H-14, ViT-L-14).")
+            raise RewardArchitectureError(f"{what}: '{path}' is a bare weights file; give its open_clip "
+                                          "architecture name too (e.g. ViT-H-14, ViT-L-14).")
         if ":" in architecture:  # 'hf-hub:...' would download; 'local-dir:...' belongs in `path`
-            raise ValueError(f"{what}: architecture '{architecture}' must be an open_clip model name such as "
-                             "ViT-H-14, not a hub id or a folder.")
+            raise RewardArchitectureError(f"{what}: architecture '{architecture}' must be an open_clip model "
+                                          "name such as ViT-H-14, not a hub id or a folder.")
         model_cfg = open_clip.get_model_config(architecture)
         if model_cfg is None:
-            raise ValueError(f"{what}: '{architecture}' is not an open_clip architecture known to open_clip "
-                             f"{open_clip.__version__}; e.g. ViT-H-14, ViT-L-14, ViT-B-32 (open_clip.list_models() "
-                             "lists all).")
+            raise RewardArchitectureError(f"{what}: '{architecture}' is not an open_clip architecture known to "
+                                          f"open_clip {open_clip.__version__}; e.g. ViT-H-14, ViT-L-14, ViT-B-32 "
+                                          "(open_clip.list_models() lists all).")
         _refuse_hub_parts(model_cfg, architecture, str(path))
         weights = path
         model_name = architecture

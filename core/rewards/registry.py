@@ -12,7 +12,7 @@ from .clip_backbone import ClipBackbone
 from .clip_rewards import ClipSimilarity, PickScore
 from .hf_clip import HF_CLIP_LAYOUT, is_hf_clip_folder, load_hf_clip
 from .image_reward import IMAGE_REWARD_LAYOUT, load_image_reward
-from .local_files import RewardFileError
+from .local_files import BACKBONE, RewardArchitectureError, RewardCheckpointError, RewardFileError
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,11 @@ def load_reward(family_id: str, path: str | Path, *, backbone_path: str | Path |
             raise RewardFileError("LAION aesthetic predictor: no CLIP backbone given; it needs CLIP ViT-L/14 "
                                   f"({FAMILIES['clip'].layout}).")
         head = load_aesthetic_head(path, device, dtype)
-        backbone = load_clip_backbone(backbone_path, architecture, device, dtype, fallback_tokenizer_dir,
-                                      what="aesthetic predictor's CLIP backbone")
+        try:
+            backbone = load_clip_backbone(backbone_path, architecture, device, dtype, fallback_tokenizer_dir,
+                                          what="aesthetic predictor's CLIP backbone")
+        except (RewardFileError, RewardCheckpointError, RewardArchitectureError) as e:
+            e.part = BACKBONE  # so a caller can name the input that holds the backbone
+            raise
         return make_aesthetic(backbone, head, str(path))
     return load_image_reward(path, device, dtype)

@@ -11,21 +11,13 @@ from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
 import torch
-from torch import nn
 
 import comfy.model_management as mm
 import comfy.model_patcher
 
 from ...core.rewards import Reward, WeightedReward
 from ...core.shared.autograd_weights import autograd_ready
-
-
-class _Holder(nn.Module):
-    """ModelPatcher writes bookkeeping attributes (device, ...) on its module; keep them off the reward."""
-
-    def __init__(self, reward: Reward):
-        super().__init__()
-        self.reward = reward
+from .module_holder import managed_patcher
 
 
 def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -57,9 +49,7 @@ class ComfyReward:
         offload_device = mm.unet_offload_device()
         # the core loaders build their weights outside inference mode, so autograd can use them later
         reward = build(offload_device, compute_dtype(dtype_choice, load_device))
-        patcher = comfy.model_patcher.ModelPatcher(_Holder(reward), load_device=load_device,
-                                                   offload_device=offload_device)
-        return cls(reward, [patcher])
+        return cls(reward, [managed_patcher(reward, load_device, offload_device)])
 
     @classmethod
     def combine(cls, parts: Sequence[tuple["ComfyReward", float]]) -> "ComfyReward":

@@ -6,7 +6,8 @@ import os
 import torch
 from comfy_api.latest import io, ui
 
-from ...core.rewards import FAMILIES, RewardCheckpointError, RewardFileError, load_reward
+from ...core.rewards import (BACKBONE, FAMILIES, RewardArchitectureError, RewardCheckpointError, RewardFileError,
+                             error_part, load_reward)
 from ...core.rewards.base import RewardInputError, prompts_for_batch
 from ..comfy.errors import NodeInputError
 from ..comfy.reward import ComfyReward
@@ -84,11 +85,10 @@ class LoadRewardModel(io.ComfyNode):
             return io.NodeOutput(ComfyReward.load(build, dtype))
         except ImportError as e:
             raise NodeInputError(LOAD_NODE, "family", str(e)) from e
+        except RewardArchitectureError as e:  # open_clip: a bare weights file without a (known) architecture
+            raise NodeInputError(LOAD_NODE, "open_clip_architecture", str(e)) from e
         except (RewardFileError, RewardCheckpointError, ValueError) as e:
-            if isinstance(e, (RewardFileError, RewardCheckpointError)):
-                blame = "clip_backbone" if backbone is not None and str(backbone) in str(e) else "weights"
-            else:  # open_clip: a bare weights file without (or with an unknown) architecture name
-                blame = "open_clip_architecture" if "architecture" in str(e) else "weights"
+            blame = "clip_backbone" if error_part(e) == BACKBONE else "weights"
             raise NodeInputError(LOAD_NODE, blame, str(e)) from e
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 from comfy_api.latest import io, ui
 
 import comfy.model_management as mm
@@ -21,6 +20,7 @@ from ...core.gfn_rewriter.rewrite import MODES, RewriteSettings, rewrite
 from ...core.gfn_rewriter.trajectories import DEFAULT_TEMPLATE
 from ...core.shared.settings_error import SettingsError
 from ..comfy.errors import NodeInputError, require_prompt, settings_input_error
+from ..comfy.module_holder import managed_patcher
 from ..comfy.reward import compute_dtype
 from ..comfy.validation import queued_check
 from . import folder as rewriter_folder
@@ -29,14 +29,6 @@ CATEGORY = "prompt_optim/rewriter"
 
 NODE = "GFlowNet Prompt Rewriter"
 NO_ENTRIES = "(no folders in models/prompt_rewriters)"
-
-
-class _Holder(nn.Module):
-    """Keeps ModelPatcher's bookkeeping attributes off the Hugging Face model."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
 
 
 _loaded: dict[tuple[str, float, str], tuple[comfy.model_patcher.ModelPatcher, object]] = {}
@@ -51,8 +43,7 @@ def load_rewriter(folder: Path, dtype_choice: str):
         load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
         with torch.inference_mode(False):
             model, tokenizer = load_policy(folder, offload_device, compute_dtype(dtype_choice, load_device))
-        patcher = comfy.model_patcher.ModelPatcher(_Holder(model), load_device=load_device,
-                                                   offload_device=offload_device)
+        patcher = managed_patcher(model, load_device, offload_device)
         _loaded.clear()  # one policy at a time; the memory manager handles the rest
         _loaded[key] = (patcher, tokenizer)
     return _loaded[key]
@@ -150,7 +141,7 @@ class GFlowNetRewriter(io.ComfyNode):
         except PolicyFolderError as e:
             raise NodeInputError(NODE, "policy", str(e)) from e
         mm.load_models_gpu([patcher])
-        model = patcher.model.model
+        model = patcher.model.module
         generations = len(prompts) * (1 if mode == "diverse_beam_search" else count)
         bar = comfy.utils.ProgressBar(generations)
 

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ...core.date.update import RULES, SCHEDULES, DateSettings, DateSettingsError, UpdateSchedule
 from ..comfy.errors import NodeInputError, settings_input_error
-from ..comfy.ksampler_path import GuidedMethodFace, ksampler_sigmas, sample_like_ksampler
+from ..comfy.guided_method import GuidedMethodFace, guider_node, ksampler_node, sample_like_ksampler
 from ..comfy.model_family import model_family
 from ..comfy.socket_types import RewardModel
 from ..comfy.step_guider import StepOptimizerGuider
@@ -27,9 +27,6 @@ SCHEDULE_HELP = ("Which steps update the embedding, read with schedule_value: ev
                  "spaced; step_list '0, 5, 20-24' (ranges inclusive, step 0 is the first); sigma_range "
                  "'1.0-6.0' -> steps starting at a sigma in that range. Paper: every 10th of 50 steps "
                  "('10% update') or every step.")
-
-
-
 
 # core settings fields -> this node's inputs, where the names differ (UpdateSchedule's kind and value)
 SETTINGS_INPUTS = {"kind": "schedule", "value": "schedule_value"}
@@ -68,10 +65,6 @@ def _date_inputs() -> list:
     ]
 
 
-FACE = GuidedMethodFace(category=CATEGORY, model_help=MODEL_HELP, cfg_default=8.0, cfg_help=CFG_HELP,
-                        positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP, settings_inputs=_date_inputs)
-
-
 def _reward_prompt(node: str, positive, given: str | None) -> str:
     if given and given.strip():
         return given
@@ -89,14 +82,14 @@ def update_schedule(node: str, schedule: str, schedule_value: str) -> UpdateSche
         raise settings_input_error(node, e, SETTINGS_INPUTS, fallback="schedule_value") from None
 
 
-def validate_schedule(node_cls, node: str, schedule, schedule_value) -> bool | str:
-    """The schedule is read when the graph is queued (a node's validate_inputs)."""
-    return queued_check(node_cls, node, {"schedule": schedule, "schedule_value": schedule_value},
-                        lambda **values: update_schedule(node, **values))
+def validate_schedule(cls, schedule=None, schedule_value=None) -> bool | str:
+    """Both nodes' validate_inputs: the schedule is read when the graph is queued."""
+    return queued_check(cls, cls.DISPLAY_NAME, {"schedule": schedule, "schedule_value": schedule_value},
+                        lambda **values: update_schedule(cls.DISPLAY_NAME, **values))
 
 
 def build_guider(node: str, model, positive, negative, cfg, vae, reward, rho, rule, schedule, schedule_value,
-                 iterations, prior_weight, decode_scale, reward_prompt) -> StepOptimizerGuider:
+                 iterations, prior_weight, decode_scale, reward_prompt=None) -> StepOptimizerGuider:
     model_family(model, node)  # refuses families whose gradients we have not verified
     if vae is None:
         raise NodeInputError(node, "vae", "no VAE connected; the reward needs decoded images.")
@@ -111,54 +104,32 @@ def build_guider(node: str, model, positive, negative, cfg, vae, reward, rho, ru
     return guider
 
 
-class DateGuiderNode(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return FACE.guider_schema(
-            node_id="PromptOptim_DATEGuider", display_name=GUIDER_NODE,
-            description="DATE (Diffusion Adaptive Text Embedding): classifier-free guidance whose positive text "
-                        "embedding moves toward a higher reward at scheduled steps. At an update step the reward "
-                        "is measured on the decoded CFG x0 estimate and the token states follow its normalized "
-                        "gradient; the negative never changes. Use with SamplerCustomAdvanced and any sampler "
-                        "and sigmas.")
-
-    @classmethod
-    def validate_inputs(cls, schedule=None, schedule_value=None) -> bool | str:
-        return validate_schedule(cls, GUIDER_NODE, schedule, schedule_value)
-
-    @classmethod
-    def execute(cls, model, positive, negative, cfg, vae, reward, rho, rule, schedule, schedule_value,
-                iterations, prior_weight, decode_scale, reward_prompt=None) -> io.NodeOutput:
-        return io.NodeOutput(build_guider(GUIDER_NODE, model, positive, negative, cfg, vae, reward, rho, rule,
-                                          schedule, schedule_value, iterations, prior_weight, decode_scale,
-                                          reward_prompt))
+def sample(guider, model, seed, sampler_name, sigmas, latent_image) -> tuple:
+    """DATE KSampler's run: the sampler's own progress and previews; the latent and the reward report."""
+    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+    out = sample_like_ksampler(guider, model, seed, sampler_name, sigmas, latent_image, callback)
+    return out, guider.last_run.report(guider.method.reward.label)
 
 
-class DateSamplerNode(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return FACE.ksampler_schema(
-            node_id="PromptOptim_DATESampler", display_name=SAMPLER_NODE,
-            description="KSampler with DATE: same inputs and the same noise as KSampler, plus the DATE settings (see "
-                        "DATE Guider). Outputs the latent and a report of the reward at every update.",
-            seed_help="Noise seed (the same noise as KSampler with this seed).",
-            steps_help="Sampling steps (paper: 50).",
-            outputs=[io.Latent.Output(), io.String.Output(display_name="report")])
+FACE = GuidedMethodFace(category=CATEGORY, model_help=MODEL_HELP, cfg_default=8.0, cfg_help=CFG_HELP,
+                        positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP, settings_inputs=_date_inputs,
+                        build_guider=build_guider, validate_inputs=validate_schedule, sample=sample)
 
-    @classmethod
-    def validate_inputs(cls, schedule=None, schedule_value=None) -> bool | str:
-        return validate_schedule(cls, SAMPLER_NODE, schedule, schedule_value)
+DateGuiderNode = guider_node(
+    FACE, "DateGuiderNode", node_id="PromptOptim_DATEGuider", display_name=GUIDER_NODE,
+    description="DATE (Diffusion Adaptive Text Embedding): classifier-free guidance whose positive text "
+                "embedding moves toward a higher reward at scheduled steps. At an update step the reward "
+                "is measured on the decoded CFG x0 estimate and the token states follow its normalized "
+                "gradient; the negative never changes. Use with SamplerCustomAdvanced and any sampler "
+                "and sigmas.")
 
-    @classmethod
-    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-                vae, reward, rho, rule, schedule, schedule_value, iterations, prior_weight, decode_scale,
-                reward_prompt=None) -> io.NodeOutput:
-        guider = build_guider(SAMPLER_NODE, model, positive, negative, cfg, vae, reward, rho, rule, schedule,
-                              schedule_value, iterations, prior_weight, decode_scale, reward_prompt)
-        sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
-        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
-        out = sample_like_ksampler(guider, model, seed, sampler_name, sigmas, latent_image, callback)
-        return io.NodeOutput(out, guider.last_run.report(reward.label))
+DateSamplerNode = ksampler_node(
+    FACE, "DateSamplerNode", node_id="PromptOptim_DATESampler", display_name=SAMPLER_NODE,
+    description="KSampler with DATE: same inputs and the same noise as KSampler, plus the DATE settings (see "
+                "DATE Guider). Outputs the latent and a report of the reward at every update.",
+    seed_help="Noise seed (the same noise as KSampler with this seed).",
+    steps_help="Sampling steps (paper: 50).",
+    outputs=lambda: [io.Latent.Output(), io.String.Output(display_name="report")])
 
 
 NODES = [DateGuiderNode, DateSamplerNode]

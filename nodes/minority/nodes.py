@@ -15,7 +15,7 @@ from ...core.minority.optimize import (ANNEAL_LEVELS, BETWEEN_STEPS, INITS, NORM
                                        MinoritySettingsError)
 from ...core.shared.text_encoder import LearnableTokens
 from ..comfy.errors import NodeInputError, require_prompt, settings_input_error
-from ..comfy.ksampler_path import GuidedMethodFace, ksampler_sigmas, sample_like_ksampler
+from ..comfy.guided_method import GuidedMethodFace, guider_node, ksampler_node, sample_like_ksampler
 from ..comfy.model_family import clip_family, model_family
 from ..comfy.socket_types import MinorityToken
 from ..comfy.step_guider import StepOptimizerGuider
@@ -153,20 +153,15 @@ def _settings_inputs() -> list:
     ]
 
 
-FACE = GuidedMethodFace(category=CATEGORY, model_help=MODEL_HELP, cfg_default=7.5,
-                        cfg_help=CFG_HELP, positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP,
-                        settings_inputs=_settings_inputs)
-
-
 def check_diversity(node: str, diversity: float, token_per_image: bool) -> None:
     if diversity > 0 and not token_per_image:
         raise NodeInputError(node, "diversity", "the diversity term needs token_per_image on.")
 
 
-def validate_diversity(node_cls, node: str, diversity, token_per_image) -> bool | str:
-    """Checked when the graph is queued (a node's validate_inputs)."""
-    return queued_check(node_cls, node, {"diversity": diversity, "token_per_image": token_per_image},
-                        lambda **values: check_diversity(node, **values))
+def validate_diversity(cls, diversity=None, token_per_image=None) -> bool | str:
+    """Both nodes' validate_inputs: checked when the graph is queued."""
+    return queued_check(cls, cls.DISPLAY_NAME, {"diversity": diversity, "token_per_image": token_per_image},
+                        lambda **values: check_diversity(cls.DISPLAY_NAME, **values))
 
 
 def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_fraction, every_n_steps, sg_lambda,
@@ -195,26 +190,6 @@ def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_
     return guider
 
 
-class MinorityGuiderNode(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return FACE.guider_schema(
-            node_id="PromptOptim_MinorityGuider", display_name=GUIDER_NODE,
-            description="MinorityPrompt: at scheduled steps a placeholder token appended to the prompt is "
-                        "optimized so the model's denoising of the current state becomes harder to reconstruct "
-                        "under the plain prompt (a low-likelihood direction), then the step is taken with CFG and "
-                        "that token. Reaches rarer images that keep the prompt's meaning. Use with "
-                        "SamplerCustomAdvanced and any sampler and sigmas.")
-
-    @classmethod
-    def validate_inputs(cls, diversity=None, token_per_image=None) -> bool | str:
-        return validate_diversity(cls, GUIDER_NODE, diversity, token_per_image)
-
-    @classmethod
-    def execute(cls, model, positive, negative, cfg, **settings) -> io.NodeOutput:
-        return io.NodeOutput(build_guider(GUIDER_NODE, model, positive, negative, cfg, **settings))
-
-
 class _UnifiedProgress:
     """One bar over sampler steps and inner iterations, with the sampler's latent previews."""
 
@@ -236,36 +211,40 @@ class _UnifiedProgress:
         self.bar.update_absolute(self.steps_done + self.inner_done, self.total, preview)
 
 
-class MinoritySamplerNode(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return FACE.ksampler_schema(
-            node_id="PromptOptim_MinoritySampler", display_name=SAMPLER_NODE,
-            description="KSampler with MinorityPrompt: same inputs and the same noise as KSampler, plus the "
-                        "MinorityPrompt settings (see MinorityPrompt Guider). Outputs the latent, the learned token "
-                        "(save it with 'Save MinorityPrompt Embedding') and a report.",
-            seed_help="Noise seed (the same noise as KSampler); also seeds the re-noise draws.",
-            steps_help="Sampling steps (paper: 50 DDIM).",
-            outputs=[io.Latent.Output(),
-                     MinorityToken.Output(display_name="token", tooltip="The optimized placeholder (one row per "
-                                                                         "image with token_per_image)."),
+def sample(guider, model, seed, sampler_name, sigmas, latent_image) -> tuple:
+    """MinorityPrompt KSampler's run: one bar over steps and token iterations; latent, token and report."""
+    n_steps = sigmas.shape[-1] - 1
+    settings = guider.method.settings
+    progress = _UnifiedProgress(model, n_steps, len(settings.steps(n_steps)) * settings.iterations)
+    guider.method.on_iteration = progress.inner
+    out = sample_like_ksampler(guider, model, seed, sampler_name, sigmas, latent_image, progress.sampler)
+    return out, guider.last_run.token, guider.last_run.report()
+
+
+FACE = GuidedMethodFace(category=CATEGORY, model_help=MODEL_HELP, cfg_default=7.5,
+                        cfg_help=CFG_HELP, positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP,
+                        settings_inputs=_settings_inputs, build_guider=build_guider,
+                        validate_inputs=validate_diversity, sample=sample)
+
+MinorityGuiderNode = guider_node(
+    FACE, "MinorityGuiderNode", node_id="PromptOptim_MinorityGuider", display_name=GUIDER_NODE,
+    description="MinorityPrompt: at scheduled steps a placeholder token appended to the prompt is "
+                "optimized so the model's denoising of the current state becomes harder to reconstruct "
+                "under the plain prompt (a low-likelihood direction), then the step is taken with CFG and "
+                "that token. Reaches rarer images that keep the prompt's meaning. Use with "
+                "SamplerCustomAdvanced and any sampler and sigmas.")
+
+MinoritySamplerNode = ksampler_node(
+    FACE, "MinoritySamplerNode", node_id="PromptOptim_MinoritySampler", display_name=SAMPLER_NODE,
+    description="KSampler with MinorityPrompt: same inputs and the same noise as KSampler, plus the "
+                "MinorityPrompt settings (see MinorityPrompt Guider). Outputs the latent, the learned token "
+                "(save it with 'Save MinorityPrompt Embedding') and a report.",
+    seed_help="Noise seed (the same noise as KSampler); also seeds the re-noise draws.",
+    steps_help="Sampling steps (paper: 50 DDIM).",
+    outputs=lambda: [io.Latent.Output(),
+                     MinorityToken.Output(display_name="token", tooltip="The optimized placeholder (one row "
+                                                                         "per image with token_per_image)."),
                      io.String.Output(display_name="report")])
-
-    @classmethod
-    def validate_inputs(cls, diversity=None, token_per_image=None) -> bool | str:
-        return validate_diversity(cls, SAMPLER_NODE, diversity, token_per_image)
-
-    @classmethod
-    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-                **settings) -> io.NodeOutput:
-        guider = build_guider(SAMPLER_NODE, model, positive, negative, cfg, **settings)
-        sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
-        n_steps = sigmas.shape[-1] - 1
-        settings = guider.method.settings
-        progress = _UnifiedProgress(model, n_steps, len(settings.steps(n_steps)) * settings.iterations)
-        guider.method.on_iteration = progress.inner
-        out = sample_like_ksampler(guider, model, seed, sampler_name, sigmas, latent_image, progress.sampler)
-        return io.NodeOutput(out, guider.last_run.token, guider.last_run.report())
 
 
 class SaveMinorityEmbedding(io.ComfyNode):

@@ -1,15 +1,16 @@
-"""The convenience samplers' one path: KSampler's inputs, noise and sigmas, then a method's GUIDER (and the
-guider nodes' CFGGuider-like inputs).
+"""A guided method's two nodes, made in one place: its GUIDER node (CFGGuider's inputs plus the method's
+settings) and its KSampler node (KSampler's inputs plus the same settings), both from a `GuidedMethodFace`.
 
-DATE KSampler and MinorityPrompt KSampler are core KSampler with a guider in place of CFGGuider: the
-same inputs (so a user swaps one for the other), the same noise for a seed (comfy.sample.prepare_noise,
-batch_index honoured) and the same sigmas (comfy.samplers.KSampler with denoise), the latent's noise
-mask passed on, and the output latent as KSampler returns it.
+The KSampler nodes are core KSampler with the method's guider in place of CFGGuider: the same inputs (so
+a user swaps one for the other), the same noise for a seed (comfy.sample.prepare_noise, batch_index
+honoured) and the same sigmas (comfy.samplers.KSampler with denoise), the latent's noise mask passed on,
+and the output latent as KSampler returns it. A method supplies only what differs: its settings inputs,
+how it builds its guider, its queue-time check, and how its KSampler reports (progress and outputs).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import comfy.model_management as mm
 import comfy.sample
@@ -51,8 +52,13 @@ def ksampler_inputs(*, model_help: str, seed_help: str, steps_help: str, cfg_def
 
 @dataclass(frozen=True)
 class GuidedMethodFace:
-    """What a method's guider node and its KSampler node share: category, help texts, cfg default and the
-    method's own settings inputs (after CFGGuider's or KSampler's inputs)."""
+    """What a method's guider node and its KSampler node share.
+
+    build_guider(node, model, positive, negative, cfg, **settings) -> the method's guider, conds set;
+    validate_inputs(cls, <the inputs it checks>=None, ...) -> True or a message: becomes both nodes'
+    `validate_inputs` as it is, since ComfyUI reads that signature to know which widget values to pass;
+    sample(guider, model, seed, sampler_name, sigmas, latent_image) -> the KSampler node's outputs.
+    """
 
     category: str
     model_help: str
@@ -61,6 +67,9 @@ class GuidedMethodFace:
     positive_help: str
     negative_help: str
     settings_inputs: Callable[[], list]
+    build_guider: Callable[..., Any]
+    validate_inputs: Callable[..., bool | str]
+    sample: Callable[..., tuple]
 
     def guider_schema(self, *, node_id: str, display_name: str, description: str) -> io.Schema:
         return io.Schema(
@@ -99,3 +108,42 @@ def sample_like_ksampler(guider, model, seed: int, sampler_name: str, sigmas, la
     out["samples"] = samples.to(mm.intermediate_device())
     out.pop("downscale_ratio_spacial", None)
     return out
+
+
+def _node_class(class_name: str, display_name: str, description: str, face: GuidedMethodFace, define_schema,
+                execute) -> type:
+    # DISPLAY_NAME: the name errors speak of (the face's validate_inputs reads it from the class); the class
+    # lives in the method's own nodes module, as if written there
+    return type(class_name, (io.ComfyNode,), {
+        "__module__": face.build_guider.__module__, "__doc__": description, "DISPLAY_NAME": display_name,
+        "define_schema": classmethod(define_schema), "validate_inputs": classmethod(face.validate_inputs),
+        "execute": classmethod(execute)})
+
+
+def guider_node(face: GuidedMethodFace, class_name: str, *, node_id: str, display_name: str,
+                description: str) -> type:
+    """The method's GUIDER node, for SamplerCustomAdvanced."""
+    def define_schema(cls) -> io.Schema:
+        return face.guider_schema(node_id=node_id, display_name=display_name, description=description)
+
+    def execute(cls, model, positive, negative, cfg, **settings) -> io.NodeOutput:
+        return io.NodeOutput(face.build_guider(display_name, model, positive, negative, cfg, **settings))
+
+    return _node_class(class_name, display_name, description, face, define_schema, execute)
+
+
+def ksampler_node(face: GuidedMethodFace, class_name: str, *, node_id: str, display_name: str, description: str,
+                  seed_help: str, steps_help: str, outputs: Callable[[], list]) -> type:
+    """The method's KSampler node: KSampler's noise and sigmas, then the method's guider. `outputs` makes
+    the node's outputs (fresh objects for each schema, as the inputs are)."""
+    def define_schema(cls) -> io.Schema:
+        return face.ksampler_schema(node_id=node_id, display_name=display_name, description=description,
+                                    seed_help=seed_help, steps_help=steps_help, outputs=outputs())
+
+    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+                **settings) -> io.NodeOutput:
+        guider = face.build_guider(display_name, model, positive, negative, cfg, **settings)
+        sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
+        return io.NodeOutput(*face.sample(guider, model, seed, sampler_name, sigmas, latent_image))
+
+    return _node_class(class_name, display_name, description, face, define_schema, execute)

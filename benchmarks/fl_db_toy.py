@@ -29,7 +29,7 @@ import torch
 from benchmarks import harness
 from core.gfn_rewriter import trainer as trainer_module
 from core.gfn_rewriter.policy_folder import load_policy
-from core.gfn_rewriter.prompt_rewards import TargetWords
+from core.gfn_rewriter.rewards import TargetWords
 from core.gfn_rewriter.trainer import Trainer, TrainConfig
 from devtools.prompt_rewriters import NAMES, STYLE, prompt_rewriters_dir
 

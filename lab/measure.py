@@ -372,7 +372,7 @@ def attribute_diversity(found: list[dict]) -> float:
 
 def rewriter_diversity(arm: Arm) -> dict[str, tuple[float, float]]:
     """Per prompt, then mean ± se over prompts: distinct rewrites, text and image (attribute) diversity."""
-    from core.gfn_rewriter.metrics import text_diversity
+    from core.gfn_rewriter.rewards import text_diversity
 
     return {"distinct": _mean_se([len(set(r)) / len(r) for _, r, _ in arm.groups]),
             "text": _mean_se([text_diversity(r) for _, r, _ in arm.groups]),

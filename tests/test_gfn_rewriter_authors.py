@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.gfn_rewriter import objectives
-from core.gfn_rewriter.log_reward import LogReward
+from core.gfn_rewriter.objectives import LogReward
 
 EXPECTED = json.loads((Path(__file__).parent / "fixtures" / "gfn_authors" / "expected.json").read_text())
 T = {k: torch.tensor(v, dtype=torch.float64) for k, v in EXPECTED["trajectories"].items() if k != "lengths"}
@@ -90,7 +90,7 @@ def test_the_fixture_ran_the_authors_call():
 def test_diverse_beam_search_equals_the_authors_call(lab_policy, run):
     """Hugging Face's group beam search with their keyword arguments (transformers 4.48.3) and ours return the
     same rewrites in the same order; the fixture has duplicates and every group size the node uses."""
-    from core.gfn_rewriter.diverse_beam_search import diverse_beam_search
+    from core.gfn_rewriter.rewrite import diverse_beam_search
     from core.gfn_rewriter.trajectories import encode_prompt
 
     model, tokenizer = lab_policy
@@ -106,7 +106,7 @@ def test_diverse_beam_search_equals_the_authors_call(lab_policy, run):
 def test_seeded_changes_break_the_beam_equivalence(lab_policy):
     """The old loop's rules (length penalty +1, i.e. the per-token mean) and a diversity penalty that is not
     applied give other rewrites for the authors' 16 beams in 16 groups."""
-    from core.gfn_rewriter.diverse_beam_search import diverse_beam_search
+    from core.gfn_rewriter.rewrite import diverse_beam_search
 
     model, tokenizer = lab_policy
     run = next(r for r in BEAM["runs"] if r["num_beams"] == 16 and r["prompt"] == "a blue square")

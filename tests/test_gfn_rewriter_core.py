@@ -10,13 +10,11 @@ import torch
 from scipy.stats import chisquare
 
 from core.gfn_rewriter import objectives, trajectories
-from core.gfn_rewriter.flow_head import FlowHead
+from core.gfn_rewriter.objectives import FlowHead, LinearSchedule
 from core.gfn_rewriter.policy_folder import PolicyFolderError, check_policy_folder, load_policy
-from core.gfn_rewriter.prompt_rewards import TargetWords
-from core.gfn_rewriter.replay_buffer import PrioritizedReplay
+from core.gfn_rewriter.rewards import TargetWords
 from core.gfn_rewriter.rewrite import RewriteSettings, rewrite
-from core.gfn_rewriter.schedules import LinearSchedule
-from core.gfn_rewriter.trainer import Trainer, TrainConfig
+from core.gfn_rewriter.trainer import PrioritizedReplay, Trainer, TrainConfig
 from devtools.prompt_rewriters import BAD, NAMES, STYLE, prompt_rewriters_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -290,7 +288,7 @@ def _tiny_pipeline_folder(folder):
 
 def test_image_reward_on_a_tiny_diffusers_pipeline_and_pack_rewards(tmp_path, reward_models):
     """c = aes(img(y)) - aes(img(x)) + min(20 (CLIP(img(y), x) - 0.28), 0), the images rendered by diffusers."""
-    from core.gfn_rewriter.image_reward import DiffusersRenderer, ImageReward, load_pipeline
+    from core.gfn_rewriter.rewards import DiffusersRenderer, ImageReward, load_pipeline
     from core.rewards import load_reward
     from devtools.reward_models import NAMES as REWARDS
 

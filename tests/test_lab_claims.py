@@ -75,6 +75,6 @@ def test_gflownet_rewriter_is_more_diverse_than_reward_maximization_at_comparabl
 
 
 def _text_diversities(arm: measure.Arm) -> list[float]:
-    from core.gfn_rewriter.metrics import text_diversity
+    from core.gfn_rewriter.rewards import text_diversity
 
     return [text_diversity(rewrites) for _, rewrites, _ in arm.groups]

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from . import checkpoint
 from .policy_folder import load_policy
-from .prompt_rewards import TargetWords
+from .rewards import TargetWords
 from .trainer import Trainer, TrainConfig
 from .trajectories import DEFAULT_TEMPLATE
 
@@ -91,7 +91,7 @@ def build_reward(args, device):
         words = [w.strip() for w in args.target_words.split(",") if w.strip()]
         return TargetWords(words)
     from ..rewards import load_reward
-    from .image_reward import DiffusersRenderer, ImageReward, load_pipeline
+    from .rewards import DiffusersRenderer, ImageReward, load_pipeline
 
     missing = [n for n in ("pipeline", "aesthetic", "relevance") if not getattr(args, n)]
     if missing:

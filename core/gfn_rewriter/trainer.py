@@ -5,6 +5,11 @@ or, with probability replay_ratio once the buffer has groups, a group replayed w
 ∝ exp(log R). The reference log-likelihood is recomputed for every group (cheap: one forward pass);
 the task reward is computed once, when a rewrite is first sampled. Defaults are the authors' released
 trainer's (dbsxodud-11/PAG: main.py and the README's command).
+
+Reward-prioritized replay (PrioritizedReplay): as in the authors' code, each on-policy batch (the
+rewrites of one prompt) is stored as one group whose priority is its mean log R; when the buffer is full
+the group with the lowest priority leaves (or the newcomer is dropped if it is lower still). Rewrites
+repeated within a group are stored once.
 """
 from __future__ import annotations
 
@@ -16,11 +21,77 @@ import torch
 from torch import nn
 
 from . import objectives, trajectories
-from .flow_head import REACTIVATION_INITS, FlowHead
-from .log_reward import LogReward, reference_log_probs
-from .metrics import dormant_share, text_diversity
-from .replay_buffer import PrioritizedReplay
-from .schedules import LinearSchedule
+from .objectives import REACTIVATION_INITS, FlowHead, LinearSchedule, LogReward, dormant_share, reference_log_probs
+from .rewards import text_diversity
+from .trajectories import Trajectories
+
+
+@dataclass
+class Group:
+    prompt_ids: list[int]
+    actions: list[list[int]]  # each rewrite's tokens, the end token included when it ended
+    task: list[float]  # c(x, y) per rewrite
+    priority: float  # mean log R when stored
+
+    def trajectories(self, eos_id: int) -> Trajectories:
+        T = max(len(a) for a in self.actions)
+        actions = torch.full((len(self.actions), T), eos_id, dtype=torch.long)
+        mask = torch.zeros(len(self.actions), T, dtype=torch.bool)
+        for i, a in enumerate(self.actions):
+            actions[i, :len(a)] = torch.tensor(a, dtype=torch.long)
+            mask[i, :len(a)] = True
+        return Trajectories(torch.tensor(self.prompt_ids, dtype=torch.long), actions, mask)
+
+
+class PrioritizedReplay:
+    def __init__(self, capacity: int = 5000):
+        self.capacity = capacity
+        self.groups: list[Group] = []
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def add(self, traj: Trajectories, task: torch.Tensor, log_reward: torch.Tensor) -> bool:
+        """Store a group; False when the buffer is full and the group ranks below all stored ones."""
+        seen, keep = set(), []
+        for i, (row, m) in enumerate(zip(traj.actions, traj.mask)):
+            key = tuple(row[m].tolist())
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+        group = Group(traj.prompt_ids.tolist(), [traj.actions[i][traj.mask[i]].tolist() for i in keep],
+                      [float(task[i]) for i in keep], float(log_reward[keep].mean()))
+        if len(self.groups) >= self.capacity:
+            lowest = min(range(len(self.groups)), key=lambda i: self.groups[i].priority)
+            if self.groups[lowest].priority >= group.priority:
+                return False
+            self.groups.pop(lowest)
+        self.groups.append(group)
+        return True
+
+    def probabilities(self) -> torch.Tensor:
+        priorities = torch.tensor([g.priority for g in self.groups], dtype=torch.float64)
+        return torch.softmax(priorities, 0)  # exp(log R) / sum exp(log R), computed stably
+
+    def sample(self, generator: torch.Generator | None = None) -> Group:
+        if not self.groups:
+            raise IndexError("the replay buffer is empty")
+        return self.groups[int(torch.multinomial(self.probabilities(), 1, generator=generator))]
+
+    def stats(self) -> dict:
+        if not self.groups:
+            return {"buffer_size": 0}
+        p = torch.tensor([g.priority for g in self.groups])
+        return {"buffer_size": len(self.groups), "buffer_mean_log_reward": float(p.mean()),
+                "buffer_max_log_reward": float(p.max()), "buffer_min_log_reward": float(p.min())}
+
+    def state_dict(self) -> dict:
+        return {"capacity": self.capacity, "groups": [vars(g) for g in self.groups]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.capacity = state["capacity"]
+        self.groups = [Group(**g) for g in state["groups"]]
+
 
 TaskReward = Callable[[Sequence[str], Sequence[str]], torch.Tensor]  # (prompts, rewrites) -> c per rewrite
 

@@ -1,4 +1,11 @@
-"""The paper's task reward on images rendered from the rewrite, with the pack's reward models.
+"""Task rewards c(x, y) for rewrites, and the text diversity training logs.
+
+TargetWords: a reward on text alone, for tests and quick experiments without images: c(x, y) = share of
+the rewrite's words that belong to a target set. Many different rewrites reach c = 1, so a sampler of
+p_ref * exp(c / beta) stays diverse where a reward maximizer may settle on one of them: the paper's
+central claim in miniature.
+
+ImageReward: the paper's task reward on images rendered from the rewrite, with the pack's reward models.
 
     c(x, y) = [aes(img(y)) - aes(img(x))] + min(clip_weight * (CLIP(img(y), x) - threshold), 0)
 
@@ -15,12 +22,47 @@ the same noise for every rewrite). img(x) is one image from the seed.
 """
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from ..metrics.diversity import mean_pairwise_distance
 from ..rewards.base import Reward
+
+WORD = re.compile(r"[\w']+|[^\w\s]")
+
+
+class TargetWords:
+    def __init__(self, words: Sequence[str]):
+        self.words = {w.lower() for w in words}
+        if not self.words:
+            raise ValueError("TargetWords needs at least one word")
+
+    def __call__(self, prompts: Sequence[str], rewrites: Sequence[str]) -> torch.Tensor:
+        scores = []
+        for text in rewrites:
+            tokens = WORD.findall(text.lower())
+            scores.append(sum(t in self.words for t in tokens) / len(tokens) if tokens else 0.0)
+        return torch.tensor(scores, dtype=torch.float32)
+
+
+def text_diversity(texts: Sequence[str]) -> float:
+    """Mean pairwise cosine distance of the rewrites' bag-of-words vectors (0: all use the same words in
+    the same proportions; 1: no two share a word). The authors use a sentence encoder instead; this one
+    needs no model."""
+    counts = [Counter(WORD.findall(t.lower())) for t in texts]
+    vocab = sorted(set().union(*counts))
+    if len(texts) < 2 or not vocab:
+        return 0.0
+    index = {w: i for i, w in enumerate(vocab)}
+    bags = torch.zeros(len(texts), len(vocab))
+    for row, c in enumerate(counts):
+        for w, k in c.items():
+            bags[row, index[w]] = k
+    return mean_pairwise_distance(bags)
 
 
 def load_pipeline(folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):

@@ -186,14 +186,16 @@ def device_description(cuda: bool) -> str:
 
 
 def git_commit() -> str:
-    """The short commit of the checkout, and whether the working tree differs from it."""
+    """The short commit of the checkout, and whether the working tree differs from it. The reports
+    themselves do not count: a run of several benchmarks rewrites them one after the other."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD")
     if not commit:
         return "unknown (not a git checkout)"
-    return commit + (" with uncommitted changes" if git("status", "--porcelain") else "")
+    changed = git("status", "--porcelain", "--", ".", ":(exclude)benchmarks/*.md", ":(exclude)benchmarks/*.png")
+    return commit + (" with uncommitted changes" if changed else "")
 
 
 def command_line(module: str) -> str:

@@ -43,9 +43,7 @@ def expand_ldm(compact: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     narrow_unet = {k[len("unet."):]: v for k, v in compact.items() if k.startswith("unet.")}
     out = {"model.diffusion_model." + k: v for k, v in expand_state_dict(narrow_unet, wide_shapes()).items()}
-    text = LabTextEncoder(compact["text.token_ids"].tolist())
-    text.load_state_dict({k[len("text."):]: v.float() for k, v in compact.items() if k.startswith("text.")})
-    out.update(text.expand())
+    out.update(LabTextEncoder.from_compact(compact).expand())
     out.update({"first_stage_model." + k[len("vae."):]: v.float() for k, v in compact.items() if k.startswith("vae.")})
     # fp16 like SD checkpoints, except the VAE scale, which must stay exact
     return {k: (v if k.endswith("vae_scale") else v.half()).contiguous() for k, v in out.items()}

@@ -23,8 +23,7 @@ def load_compact(path: Path, device: str):
     from lab.unet import build_unet
 
     sd = load_file(str(path))
-    text = LabTextEncoder(sd["text.token_ids"].tolist())
-    text.load_state_dict({k[5:]: v.float() for k, v in sd.items() if k.startswith("text.")})
+    text = LabTextEncoder.from_compact(sd)
     unet = build_unet()
     unet.load_state_dict({k[5:]: v.float() for k, v in sd.items() if k.startswith("unet.")})
     return unet.to(device).eval(), text.to(device).eval(), load_autoencoder(path, device, sd)

@@ -48,15 +48,17 @@ def test_expansion_rules_fail_loudly_and_pick_matching_frequencies():
         expand_state_dict(bad, wide_shapes())
 
 
-def test_expanded_text_encoder_is_comfyuis_sd1_clip():
-    """Through ComfyUI's SD1 CLIP (12 layers, causal mask, final norm) with the expanded weights."""
+@pytest.mark.parametrize("layers, mlp_width", [(1, 0), (3, 48)])
+def test_expanded_text_encoder_is_comfyuis_sd1_clip(layers, mlp_width):
+    """Through ComfyUI's SD1 CLIP (12 layers, causal mask, quick_gelu MLPs, final norm) with the expanded
+    weights: the v1 shape (one attention-only block) and a deeper one with narrow MLPs."""
     import comfy.sd1_clip
 
     from lab.text_encoder import LabTextEncoder
     from lab.train import Tokenizer, world_token_ids
 
     tokenizer = Tokenizer()
-    text = LabTextEncoder(world_token_ids(tokenizer))
+    text = LabTextEncoder(world_token_ids(tokenizer), layers=layers, mlp_width=mlp_width)
     _randomize(text, 2)
     clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
     missing, unexpected = clip.transformer.load_state_dict(
@@ -75,3 +77,29 @@ def test_expanded_text_encoder_is_comfyuis_sd1_clip():
     with torch.no_grad():
         mine, theirs = full(ids), clip.transformer(ids, intermediate_output=None)[0]
     assert (mine - theirs).abs().max() < 1e-4, (mine - theirs).abs().max()
+
+
+def test_compact_text_encoder_reads_both_key_layouts():
+    """v1 files name the one block's weights without a block index; both layouts load to the same encoder,
+    and the recorded attention weights reproduce the fused attention's output."""
+    from lab.text_encoder import LabTextEncoder
+    from lab.train import Tokenizer, world_token_ids
+
+    tokenizer = Tokenizer()
+    text = LabTextEncoder(world_token_ids(tokenizer), layers=2, mlp_width=16)
+    _randomize(text, 3)
+    named = {"text." + k: v for k, v in text.state_dict().items()}
+    one_block = LabTextEncoder(world_token_ids(tokenizer))
+    _randomize(one_block, 4)
+    v1 = {"text." + k.replace("blocks.0.", ""): v for k, v in one_block.state_dict().items()}
+    ids = tokenizer(["a small red circle on the left, white background", "a square"])
+    with torch.no_grad():
+        for original, state, layers in ((text, named, 2), (one_block, v1, 1)):
+            loaded = LabTextEncoder.from_compact(state)
+            assert len(loaded.blocks) == layers
+            assert torch.equal(loaded(ids), original(ids))
+            recorded: list = []
+            again = loaded.encode_embeddings(loaded.embed(ids), recorded)
+            assert len(recorded) == layers and (again - original(ids)).abs().max() < 1e-5
+            assert torch.allclose(recorded[0].sum(-1), torch.ones(()), atol=1e-5)
+            assert float(recorded[0].triu(1).abs().max()) == 0.0  # causal: no query sees a later key

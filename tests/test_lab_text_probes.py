@@ -1,0 +1,64 @@
+"""The probes that hold the lab text encoder to CLIP's behaviour with an appended token (lab/text_probes.py),
+checked on encoders whose answer is known in closed form."""
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _comfy(comfy):
+    """The probes read captions through ComfyUI's SD1 tokenizer: import it once ComfyUI is configured."""
+
+
+def _encoder(layers: int = 1, mlp_width: int = 0, seed: int = 0):
+    from lab.text_encoder import LabTextEncoder
+    from lab.train import Tokenizer, world_token_ids
+
+    tokenizer = Tokenizer()
+    encoder = LabTextEncoder(world_token_ids(tokenizer), layers=layers, mlp_width=mlp_width)
+    gen = torch.Generator().manual_seed(seed)
+    for p in encoder.parameters():
+        p.data = torch.randn(p.shape, generator=gen) * 0.05
+    return encoder, tokenizer
+
+
+def test_attention_share_with_uniform_attention_is_one_over_the_query_position():
+    """With zero queries and keys every causal query spreads its weight evenly: the padding query at position
+    p gives the token 1/(p + 1), and no logit stands out."""
+    from lab.text_probes import attention_share, saturation
+
+    encoder, tokenizer = _encoder()
+    with torch.no_grad():
+        for name in ("q", "k"):
+            getattr(encoder.blocks[0], name).up.zero_()
+            getattr(encoder.blocks[0], name).bias.zero_()
+    ids = tokenizer(["a circle"])  # BOS a circle EOS: the token goes to position 3, the end token to 4
+    share = attention_share(encoder, ids, torch.randn(768))
+    expected = sum(1 / (p + 1) for p in range(5, 77)) / len(range(5, 77))
+    assert share == [pytest.approx(expected, rel=1e-5)]
+    assert saturation(encoder, ids) == (0.0, 0.0)
+
+
+@pytest.mark.slow
+def test_padding_sensitivity_is_the_jacobians_largest_singular_value():
+    """Power iteration against the full Jacobian's spectral norm (the full Jacobian is the slow part)."""
+    from lab.text_probes import sensitivity, with_token
+
+    encoder, tokenizer = _encoder(layers=2, mlp_width=16)
+    x, position = with_token(encoder, tokenizer(["a red square"]), torch.randn(768) * 0.02)
+    x = x.detach()
+    rows = slice(position + 2, None)
+
+    def padding(v):
+        moved = torch.cat([x[:, :position], v.view(1, 1, -1), x[:, position + 1:]], 1)
+        return encoder.encode_embeddings(moved, [])[0, rows].flatten()  # unfused attention: forward-mode AD
+
+    jacobian = torch.autograd.functional.jacobian(padding, x[0, position], vectorize=True, strategy="forward-mode")
+    expected = float(torch.linalg.matrix_norm(jacobian, ord=2))
+    assert expected > 0.01
+    assert sensitivity(encoder, x, position, rows) == pytest.approx(expected, rel=1e-3)
+    # without attention output (and no MLP) nothing reaches later rows: the token is inert
+    silent, _ = _encoder()
+    with torch.no_grad():
+        silent.blocks[0].o.up.zero_()
+    x, position = with_token(silent, tokenizer(["a red square"]), torch.randn(768) * 0.02)
+    assert sensitivity(silent, x.detach(), position, rows) == 0.0

@@ -63,18 +63,22 @@ class Block(nn.Module):
         q, k, v = (p(h).view(b, n, HEADS, WIDTH // HEADS).transpose(1, 2) for p in (self.q, self.k, self.v))
         return q @ k.transpose(-1, -2) / math.sqrt(WIDTH // HEADS), v
 
-    def forward(self, x: torch.Tensor, attention: list | None = None) -> torch.Tensor:
-        """`attention`: a list that receives this block's attention weights (B, HEADS, N, N)."""
+    def forward(self, x: torch.Tensor, attention: list | None = None, logits: list | None = None) -> torch.Tensor:
+        """`attention` / `logits`: lists that receive this block's attention weights / its logits with the
+        masked entries zeroed (B, HEADS, N, N)."""
         b, n, _ = x.shape
         h = self.norm1(x)
-        if attention is None:
+        if attention is None and logits is None:
             q, k, v = (p(h).view(b, n, HEADS, WIDTH // HEADS).transpose(1, 2) for p in (self.q, self.k, self.v))
             attended = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            logits, v = self.attention_logits(h)
+            scores, v = self.attention_logits(h)
             causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-            weights = logits.masked_fill(~causal, float("-inf")).softmax(-1)
-            attention.append(weights)
+            weights = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+            if attention is not None:
+                attention.append(weights)
+            if logits is not None:
+                logits.append(scores.masked_fill(~causal, 0.0))
             attended = weights @ v
         x = x + self.o(attended.transpose(1, 2).reshape(b, n, WIDTH))
         if self.mlp_width:
@@ -120,9 +124,22 @@ class LabTextEncoder(nn.Module):
         """The input rows (token + position embeddings), where a learned token's row is placed."""
         return self.token_embedding[self.local_ids(ids)] + self.position_embedding[: ids.shape[1]]
 
-    def encode_embeddings(self, x: torch.Tensor, attention: list | None = None) -> torch.Tensor:
+    def embed_inserting(self, ids: torch.Tensor, positions: list[int | None], rows: torch.Tensor) -> torch.Tensor:
+        """Input rows of `ids` (B, N) with rows[b] inserted at positions[b] (None: nothing inserted), the
+        later tokens shifted right, as a prompt one token longer (the last padding position drops out)."""
+        tokens = self.token_embedding[self.local_ids(ids)]
+        out = []
+        for b, position in enumerate(positions):
+            if position is None:
+                out.append(tokens[b])
+            else:
+                out.append(torch.cat([tokens[b, :position], rows[b].view(1, -1), tokens[b, position:-1]]))
+        return torch.stack(out) + self.position_embedding[: ids.shape[1]]
+
+    def encode_embeddings(self, x: torch.Tensor, attention: list | None = None,
+                          logits: list | None = None) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, attention)
+            x = block(x, attention, logits)
         return self.final_norm(x)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -36,13 +36,16 @@ MIN_ATTENTION_SHARE = 0.05
 MIN_SENSITIVITY_RATIO = 0.25
 
 
+def end_position(ids: torch.Tensor) -> int:
+    """Where the end token is in one row of SD1 ids (it also pads the row: its first occurrence)."""
+    return int((ids == ids[-1]).nonzero()[0])
+
+
 def with_token(encoder, ids: torch.Tensor, row: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Input embeddings (1, N, width) of `ids` (1, N) with `row` inserted before the end token, and its
     position. The sequence keeps its length: the last padding position drops out."""
-    end = int((ids[0] == ids[0, -1]).nonzero()[0])  # SD1 pads with the end token: its first occurrence
-    rows = encoder.token_embedding[encoder.local_ids(ids)][0]
-    rows = torch.cat([rows[:end], row.view(1, -1), rows[end:-1]])
-    return (rows + encoder.position_embedding[: ids.shape[1]]).unsqueeze(0), end
+    end = end_position(ids[0])
+    return encoder.embed_inserting(ids, [end], row.view(1, -1)), end
 
 
 def attention_share(encoder, ids: torch.Tensor, row: torch.Tensor) -> list[float]:
@@ -106,7 +109,7 @@ def probe(encoder, tokenizer, token_rows: torch.Tensor, content_word: str = "cir
     word_id = int(tokenizer([content_word])[0, 1])
     for caption in CAPTIONS:
         ids = tokenizer([caption])
-        end = int((ids[0] == ids[0, -1]).nonzero()[0])
+        end = end_position(ids[0])
         for r, row in enumerate(token_rows):
             shares[r].append(attention_share(encoder, ids, row))
             x, position = with_token(encoder, ids, row)

@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -137,15 +138,59 @@ def pyramid_noise(shape, gen: torch.Generator, discount: float) -> torch.Tensor:
     return noise / math.sqrt(variance)
 
 
+@dataclass(frozen=True)
+class TextOptions:
+    """The text encoder's shape and what its training adds (the defaults: v1, one attention-only block).
+
+    extra_token_rate: share of captions that get one extra input row inserted at a random place up to the
+    end token: half of them a row drawn like the expanded checkpoint's unused vocabulary rows (Gaussian at
+    the trained rows' scale), half a world word's row; the image target is unchanged, as with a learned
+    token appended to a prompt. logit_penalty: weight of the mean squared attention logit (causal
+    entries), which keeps attention from saturating on one key."""
+
+    layers: int = 1
+    mlp_width: int = 0
+    extra_token_rate: float = 0.0
+    logit_penalty: float = 0.0
+
+
+def extra_rows(text, ids: torch.Tensor, rate: float, gen: torch.Generator) -> tuple[list[int | None], torch.Tensor]:
+    """Where each caption gets its extra row (None: none) and the rows (B, width); see TextOptions."""
+    from lab.text_probes import end_position
+
+    positions: list[int | None] = []
+    rows = torch.randn(len(ids), text.token_embedding.shape[1], generator=gen).to(ids.device)
+    rows = rows * text.token_embedding.detach().std()
+    for b in range(len(ids)):
+        inserted = float(torch.rand((), generator=gen)) < rate
+        positions.append(int(torch.randint(1, end_position(ids[b]) + 1, (), generator=gen)) if inserted else None)
+        if inserted and float(torch.rand((), generator=gen)) < 0.5:
+            rows[b] = text.token_embedding[int(torch.randint(len(text.token_ids), (), generator=gen))]
+    return positions, rows
+
+
+def encode_for_training(text, ids: torch.Tensor, options: TextOptions, gen: torch.Generator):
+    """The context for `ids`, with TextOptions' extra rows, and the logit penalty (0 when off; then
+    nothing is drawn from `gen`, so v1's training is unchanged)."""
+    if not options.extra_token_rate and not options.logit_penalty:
+        return text(ids), torch.zeros((), device=ids.device)
+    positions, rows = extra_rows(text, ids, options.extra_token_rate, gen)
+    logits: list | None = [] if options.logit_penalty else None
+    context = text.encode_embeddings(text.embed_inserting(ids, positions, rows), None, logits)
+    penalty = torch.stack([l.square().mean() for l in logits]).mean() if logits else torch.zeros((), device=ids.device)
+    return context, penalty
+
+
 def train_denoiser(latents: torch.Tensor, scenes: list[Scene], steps: int, batch: int, device: str, seed: int,
                    log, drop_caption: float = 0.1, unet_lr: float = 1e-3, ema_decay: float = 0.995,
-                   pyramid: float = 0.0):
+                   pyramid: float = 0.0, text_options: TextOptions = TextOptions()):
     """Narrow SD1 UNet + lab text encoder, epsilon prediction on SD1's schedule, caption dropout for CFG.
 
     A first run (2000 steps, lr 3e-4, SD's zero-initialized attention outputs, EMA 0.999) learned to draw
     but barely listened to the text (cond - uncond was 2% of the prediction, CFG changed nothing): the
     attention outputs start random here, the learning rate is higher and the EMA shorter. `pyramid` > 0
-    trains on `pyramid_noise` instead of plain noise (tried; not what the committed weights use)."""
+    trains on `pyramid_noise` instead of plain noise (tried; not what the committed weights use).
+    `text_options`: see TextOptions (defaults: what the committed v1 weights used)."""
     from lab.text_encoder import LabTextEncoder
     from lab.unet import build_unet
 
@@ -155,7 +200,8 @@ def train_denoiser(latents: torch.Tensor, scenes: list[Scene], steps: int, batch
     for name, module in unet.named_modules():
         if name.endswith(".proj_out"):
             module.reset_parameters()
-    text = LabTextEncoder(world_token_ids(tokenizer)).to(device)
+    text = LabTextEncoder(world_token_ids(tokenizer), layers=text_options.layers,
+                          mlp_width=text_options.mlp_width).to(device)
     ema = {k: v.detach().clone() for k, v in {**_prefixed(unet, "unet."), **_prefixed(text, "text.")}.items()}
     params = [{"params": unet.parameters(), "lr": unet_lr}, {"params": text.parameters(), "lr": 1e-3}]
     opt = torch.optim.AdamW(params, weight_decay=0.0)
@@ -170,8 +216,8 @@ def train_denoiser(latents: torch.Tensor, scenes: list[Scene], steps: int, batch
         noise = pyramid_noise(x0.shape, gen, pyramid).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        context = text(tokenizer(captions).to(device))
-        loss = (unet(xt, t.float(), context=context) - noise).square().mean()
+        context, penalty = encode_for_training(text, tokenizer(captions).to(device), text_options, gen)
+        loss = (unet(xt, t.float(), context=context) - noise).square().mean() + text_options.logit_penalty * penalty
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text.parameters()), 1.0)
@@ -225,6 +271,12 @@ def main():
     ap.add_argument("--pyramid-noise", type=float, default=0.0,
                     help="weight discount of coarse noise levels, e.g. 0.8 (0: plain Gaussian noise; see "
                          "benchmarks/lab_training.md for what 0.8 did)")
+    ap.add_argument("--text-layers", type=int, default=1, help="text encoder blocks (CLIP layers 1-12)")
+    ap.add_argument("--text-mlp", type=int, default=0, help="width of each block's MLP (0: attention only)")
+    ap.add_argument("--extra-token-rate", type=float, default=0.0,
+                    help="share of captions trained with one extra inserted token row (see TextOptions)")
+    ap.add_argument("--logit-penalty", type=float, default=0.0,
+                    help="weight of the mean squared attention logit in the loss (see TextOptions)")
     ap.add_argument("--autoencoder-only", action="store_true",
                     help="train and write only the autoencoder (for --reuse-autoencoder in a later run)")
     args = ap.parse_args()
@@ -238,6 +290,8 @@ def main():
         if step % 100 == 0 or step == total - 1:
             print(f"{stage} {step + 1}/{total}: {loss:.5f} ({time.time() - start:.0f} s)", flush=True)
 
+    text_options = TextOptions(layers=args.text_layers, mlp_width=args.text_mlp,
+                               extra_token_rate=args.extra_token_rate, logit_penalty=args.logit_penalty)
     images, scenes = make_dataset(args.images, args.seed)
     if args.reuse_autoencoder:
         from lab.preview import load_autoencoder
@@ -257,14 +311,15 @@ def main():
     weights = {}
     if not args.autoencoder_only:
         unet, text, ema = train_denoiser(latents / std, scenes, args.steps, args.batch, args.device, args.seed, log,
-                                         unet_lr=args.unet_lr, ema_decay=args.ema_decay, pyramid=args.pyramid_noise)
+                                         unet_lr=args.unet_lr, ema_decay=args.ema_decay, pyramid=args.pyramid_noise,
+                                         text_options=text_options)
         weights = {k: v.detach().float().cpu().half().contiguous() for k, v in ema.items()}
         weights["text.token_ids"] = text.token_ids.cpu().contiguous()
     weights.update({"vae." + k: v.detach().float().cpu().half().contiguous() for k, v in vae.state_dict().items()})
     weights["vae.vae_scale"] = vae.vae_scale.detach().float().cpu()  # keep full precision
     meta = dict(images=args.images, ae_steps=args.ae_steps, ae_full_steps=args.ae_full_steps, width=WIDTH,
                 unet_lr=args.unet_lr, ema_decay=args.ema_decay, autoencoder_only=args.autoencoder_only,
-                pyramid_noise=args.pyramid_noise,
+                pyramid_noise=args.pyramid_noise, text=asdict(text_options),
                 reuse_autoencoder=str(args.reuse_autoencoder or ""), ae_batch=args.ae_batch, steps=args.steps,
                 batch=args.batch, seed=args.seed, device=args.device, seconds=round(time.time() - start),
                 torch=torch.__version__)

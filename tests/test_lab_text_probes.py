@@ -53,7 +53,7 @@ def test_padding_sensitivity_is_the_jacobians_largest_singular_value():
         return encoder.encode_embeddings(moved, [])[0, rows].flatten()  # unfused attention: forward-mode AD
 
     jacobian = torch.autograd.functional.jacobian(padding, x[0, position], vectorize=True, strategy="forward-mode")
-    expected = float(torch.linalg.matrix_norm(jacobian, ord=2))
+    expected = float(torch.linalg.matrix_norm(jacobian.detach(), ord=2))
     assert expected > 0.01
     assert sensitivity(encoder, x, position, rows) == pytest.approx(expected, rel=1e-3)
     # without attention output (and no MLP) nothing reaches later rows: the token is inert
@@ -62,3 +62,46 @@ def test_padding_sensitivity_is_the_jacobians_largest_singular_value():
         silent.blocks[0].o.up.zero_()
     x, position = with_token(silent, tokenizer(["a red square"]), torch.randn(768) * 0.02)
     assert sensitivity(silent, x.detach(), position, rows) == 0.0
+
+
+def test_an_inserted_row_shifts_the_caption_and_keeps_its_length():
+    from lab.text_probes import with_token
+
+    encoder, tokenizer = _encoder()
+    ids = tokenizer(["a red square"])  # BOS a red square EOS pad...
+    row = torch.randn(768)
+    with torch.no_grad():
+        x, position = with_token(encoder, ids, row)
+        tokens = encoder.token_embedding[encoder.local_ids(ids)][0]
+        inputs = x[0] - encoder.position_embedding
+    assert position == 4 and x.shape == (1, 77, 768)
+    assert torch.allclose(inputs[:4], tokens[:4], atol=1e-6) and torch.allclose(inputs[4], row, atol=1e-6)
+    assert torch.allclose(inputs[5:], tokens[4:-1], atol=1e-6)
+
+
+def test_training_extra_rows_land_up_to_the_end_token_and_logits_are_penalized():
+    """lab.train's text options. Off: the plain encoder's context, no penalty, nothing drawn from the
+    generator (v1's training unchanged). On: every row lands between the start and the end token, the
+    context is the encoder's with those rows, and the penalty is the mean squared causal logit."""
+    from lab.text_probes import end_position
+    from lab.train import TextOptions, encode_for_training, extra_rows
+
+    encoder, tokenizer = _encoder(layers=2, mlp_width=8)
+    ids = tokenizer(["a circle", "a small blue triangle on the left", ""])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        context, penalty = encode_for_training(encoder, ids, TextOptions(), gen)
+        assert torch.equal(context, encoder(ids)) and float(penalty) == 0.0
+        assert torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())
+
+        positions, rows = extra_rows(encoder, ids, 1.0, torch.Generator().manual_seed(1))
+        assert all(1 <= p <= end_position(ids[b]) for b, p in enumerate(positions))
+        options = TextOptions(layers=2, mlp_width=8, extra_token_rate=1.0, logit_penalty=0.1)
+        context, penalty = encode_for_training(encoder, ids, options, torch.Generator().manual_seed(1))
+        logits: list = []
+        expected = encoder.encode_embeddings(encoder.embed_inserting(ids, positions, rows), None, logits)
+        assert torch.allclose(context, expected, atol=1e-5)
+        squared = torch.stack([(l.square().sum() / l.numel()) for l in logits]).mean()
+        assert float(penalty) == pytest.approx(float(squared), rel=1e-5) and float(penalty) > 0
+        positions, _ = extra_rows(encoder, ids, 0.0, torch.Generator().manual_seed(1))
+        assert positions == [None, None, None]

@@ -517,10 +517,14 @@ def main():
              f"{time.time() - started:.0f} s in all."]
     for name, arms in experiments.items():
         lines += ["", f"### {name}", ""] + TABLES[name](arms)
-    text = "\n".join(lines) + "\n"
-    print(text)
+    print("\n".join(lines))
     if args.out:
-        args.out.write_text(text)
+        import torch
+
+        from benchmarks import harness
+
+        harness.write_report(args.out, "Fidelity lab: each method against its paper's claim", "lab.measure", lines,
+                             cuda=torch.cuda.is_available(), wall_s=time.time() - started)
     if args.grid:
         image, labels = grid(experiments)
         image.save(args.grid)

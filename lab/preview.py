@@ -43,13 +43,14 @@ def load_autoencoder(path: Path, device: str, state: dict | None = None):
 
 @torch.no_grad()
 def ddim(unet, text, vae, prompts: list[str], seed: int, steps: int = 20, cfg: float = 5.0, device="cpu",
-         same_noise: bool = False, tok=None):
+         same_noise: bool = False, tok=None, cond: torch.Tensor | None = None):
     """[0, 1] images (B, 3, 64, 64). same_noise: every prompt starts from the seed's one draw (an image
-    then does not depend on its batch neighbours), else one draw per prompt."""
+    then does not depend on its batch neighbours), else one draw per prompt. cond: the prompts' context
+    when already encoded (e.g. with a learned token)."""
     from lab.train import Tokenizer, sd1_alphas_cumprod
 
     tok = tok or Tokenizer()
-    cond = text(tok(prompts).to(device))
+    cond = text(tok(prompts).to(device)) if cond is None else cond
     uncond = text(tok([""] * len(prompts)).to(device))
     alphas = sd1_alphas_cumprod().to(device)
     gen = torch.Generator().manual_seed(seed)

@@ -144,9 +144,10 @@ class TextOptions:
 
     extra_token_rate: share of captions that get one extra input row inserted at a random place up to the
     end token: half of them a row drawn like the expanded checkpoint's unused vocabulary rows (Gaussian at
-    the trained rows' scale), half a world word's row; the image target is unchanged, as with a learned
-    token appended to a prompt. logit_penalty: weight of the mean squared attention logit (causal
-    entries), which keeps attention from saturating on one key."""
+    the trained rows' scale: noise the model must tolerate, as a fresh learned token), half the row of one
+    of the image's own attribute words (true wherever it stands, so later states learn to read a word at
+    any position, as an optimized token must be read). logit_penalty: weight of the mean squared attention
+    logit (causal entries), which keeps attention from saturating on one key."""
 
     layers: int = 1
     mlp_width: int = 0
@@ -154,8 +155,10 @@ class TextOptions:
     logit_penalty: float = 0.0
 
 
-def extra_rows(text, ids: torch.Tensor, rate: float, gen: torch.Generator) -> tuple[list[int | None], torch.Tensor]:
-    """Where each caption gets its extra row (None: none) and the rows (B, width); see TextOptions."""
+def extra_rows(text, ids: torch.Tensor, rate: float, gen: torch.Generator,
+               words: list[list[int]]) -> tuple[list[int | None], torch.Tensor]:
+    """Where each caption gets its extra row (None: none) and the rows (B, width); `words`: per caption
+    the token ids of its image's attribute words. See TextOptions."""
     from lab.text_probes import end_position
 
     positions: list[int | None] = []
@@ -165,16 +168,23 @@ def extra_rows(text, ids: torch.Tensor, rate: float, gen: torch.Generator) -> tu
         inserted = float(torch.rand((), generator=gen)) < rate
         positions.append(int(torch.randint(1, end_position(ids[b]) + 1, (), generator=gen)) if inserted else None)
         if inserted and float(torch.rand((), generator=gen)) < 0.5:
-            rows[b] = text.token_embedding[int(torch.randint(len(text.token_ids), (), generator=gen))]
+            word = words[b][int(torch.randint(len(words[b]), (), generator=gen))]
+            rows[b] = text.token_embedding[text.local_ids(torch.tensor([word], device=ids.device))[0]]
     return positions, rows
 
 
-def encode_for_training(text, ids: torch.Tensor, options: TextOptions, gen: torch.Generator):
+def attribute_word_ids(tokenizer, scene: Scene) -> list[int]:
+    """The token ids of the words naming a scene's color, size and background (one token each)."""
+    return [int(tokenizer([word])[0, 1]) for word in (scene.color, scene.size, scene.background)]
+
+
+def encode_for_training(text, ids: torch.Tensor, options: TextOptions, gen: torch.Generator,
+                        words: list[list[int]]):
     """The context for `ids`, with TextOptions' extra rows, and the logit penalty (0 when off; then
     nothing is drawn from `gen`, so v1's training is unchanged)."""
     if not options.extra_token_rate and not options.logit_penalty:
         return text(ids), torch.zeros((), device=ids.device)
-    positions, rows = extra_rows(text, ids, options.extra_token_rate, gen)
+    positions, rows = extra_rows(text, ids, options.extra_token_rate, gen, words)
     logits: list | None = [] if options.logit_penalty else None
     context = text.encode_embeddings(text.embed_inserting(ids, positions, rows), None, logits)
     penalty = torch.stack([l.square().mean() for l in logits]).mean() if logits else torch.zeros((), device=ids.device)
@@ -216,7 +226,8 @@ def train_denoiser(latents: torch.Tensor, scenes: list[Scene], steps: int, batch
         noise = pyramid_noise(x0.shape, gen, pyramid).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        context, penalty = encode_for_training(text, tokenizer(captions).to(device), text_options, gen)
+        words = [attribute_word_ids(tokenizer, scenes[i]) for i in idx.tolist()]
+        context, penalty = encode_for_training(text, tokenizer(captions).to(device), text_options, gen, words)
         loss = (unet(xt, t.float(), context=context) - noise).square().mean() + text_options.logit_penalty * penalty
         opt.zero_grad(set_to_none=True)
         loss.backward()

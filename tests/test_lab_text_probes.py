@@ -81,27 +81,54 @@ def test_an_inserted_row_shifts_the_caption_and_keeps_its_length():
 
 def test_training_extra_rows_land_up_to_the_end_token_and_logits_are_penalized():
     """lab.train's text options. Off: the plain encoder's context, no penalty, nothing drawn from the
-    generator (v1's training unchanged). On: every row lands between the start and the end token, the
-    context is the encoder's with those rows, and the penalty is the mean squared causal logit."""
+    generator (v1's training unchanged). On: every row lands between the start and the end token, word rows
+    are the image's own attribute words, the context is the encoder's with those rows, and the penalty is
+    the mean squared causal logit."""
     from lab.text_probes import end_position
-    from lab.train import TextOptions, encode_for_training, extra_rows
+    from lab.train import TextOptions, attribute_word_ids, encode_for_training, extra_rows
+    from lab.world import Scene
 
     encoder, tokenizer = _encoder(layers=2, mlp_width=8)
     ids = tokenizer(["a circle", "a small blue triangle on the left", ""])
+    scenes = [Scene("circle", "yellow", "large", "left", "black"), Scene("triangle", "blue", "small", "left", "white"),
+              Scene("square", "green", "large", "center", "white")]
+    words = [attribute_word_ids(tokenizer, s) for s in scenes]
+    assert words[0] == [int(tokenizer([w])[0, 1]) for w in ("yellow", "large", "black")]
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        context, penalty = encode_for_training(encoder, ids, TextOptions(), gen)
+        context, penalty = encode_for_training(encoder, ids, TextOptions(), gen, words)
         assert torch.equal(context, encoder(ids)) and float(penalty) == 0.0
         assert torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())
 
-        positions, rows = extra_rows(encoder, ids, 1.0, torch.Generator().manual_seed(1))
-        assert all(1 <= p <= end_position(ids[b]) for b, p in enumerate(positions))
+        word_rows = 0
+        for seed in range(8):
+            positions, rows = extra_rows(encoder, ids, 1.0, torch.Generator().manual_seed(seed), words)
+            assert all(1 <= p <= end_position(ids[b]) for b, p in enumerate(positions))
+            for b, row in enumerate(rows):
+                own = encoder.token_embedding[encoder.local_ids(torch.tensor(words[b]))]
+                word_rows += int(any(torch.equal(row, r) for r in own))
+        assert 0 < word_rows < 24  # about half the rows are the image's own words, the rest noise
         options = TextOptions(layers=2, mlp_width=8, extra_token_rate=1.0, logit_penalty=0.1)
-        context, penalty = encode_for_training(encoder, ids, options, torch.Generator().manual_seed(1))
+        context, penalty = encode_for_training(encoder, ids, options, torch.Generator().manual_seed(7), words)
         logits: list = []
         expected = encoder.encode_embeddings(encoder.embed_inserting(ids, positions, rows), None, logits)
         assert torch.allclose(context, expected, atol=1e-5)
         squared = torch.stack([(l.square().sum() / l.numel()) for l in logits]).mean()
         assert float(penalty) == pytest.approx(float(squared), rel=1e-5) and float(penalty) > 0
-        positions, _ = extra_rows(encoder, ids, 0.0, torch.Generator().manual_seed(1))
+        positions, _ = extra_rows(encoder, ids, 0.0, torch.Generator().manual_seed(1), words)
         assert positions == [None, None, None]
+
+
+def test_textual_inversion_without_training_reads_as_its_untrained_control():
+    """lab/textual_inversion.py on the committed lab model with zero steps: the token is still its initial
+    row, so its samples are the untrained control's exactly (the control the acceptance compares with)."""
+    import math
+
+    from lab.checkpoint import LDM_FILE
+    from lab.preview import load_compact
+    from lab.textual_inversion import invert
+
+    unet, text, vae = load_compact(LDM_FILE, "cpu")
+    result = invert(unet, text.with_full_vocabulary(), vae, steps=0, samples=3)
+    assert result.target_share == result.untrained_share and result.shape_kept > 0
+    assert math.isnan(result.first_loss) and math.isnan(result.final_loss)

@@ -137,7 +137,7 @@ def _settings_inputs() -> list:
         io.Boolean.Input("gradient_checkpointing", default=False,
                          tooltip="Recompute the diffusion model's activations during backward: less memory on "
                                  "large images, slower (both diffusion-model passes of an iteration run twice; "
-                                 "+42% per optimized step in benchmarks/minority_cost.md)."),
+                                 "the cost per optimized step: benchmarks/minority_cost.md)."),
         io.Boolean.Input("measure_gain", default=False,
                          tooltip="Also measure the objective at the starting and at the final token of each "
                                  "optimized step, on the same K noise draws the iterations used, and show it in "

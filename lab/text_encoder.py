@@ -38,6 +38,11 @@ class LowRankLinear(nn.Module):
         return (x @ self.down.t()) @ self.up.t() + self.bias
 
 
+def end_position(ids: torch.Tensor) -> int:
+    """Where the end token is in one row of SD1 ids (it also pads the row: its first occurrence)."""
+    return int((ids == ids[-1]).nonzero()[0])
+
+
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 

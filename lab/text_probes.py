@@ -28,17 +28,13 @@ from pathlib import Path
 import torch
 
 from benchmarks import harness
+from lab.text_encoder import end_position
 
 REPORT = harness.ROOT / "benchmarks" / "lab_text_probes.md"
 CAPTIONS = ("a circle", "a red square", "a small blue triangle on the left", "a green circle, black background")
 # the acceptance thresholds the lab's text encoder is held to (see lab/README.md)
 MIN_ATTENTION_SHARE = 0.05
 MIN_SENSITIVITY_RATIO = 0.25
-
-
-def end_position(ids: torch.Tensor) -> int:
-    """Where the end token is in one row of SD1 ids (it also pads the row: its first occurrence)."""
-    return int((ids == ids[-1]).nonzero()[0])
 
 
 def with_token(encoder, ids: torch.Tensor, row: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -87,9 +83,9 @@ def sensitivity(encoder, x: torch.Tensor, position: int, rows: slice, iterations
     u = torch.randn(v0.shape, generator=torch.Generator().manual_seed(seed))
     u = u / u.norm()
     value = 0.0
+    _, pullback = torch.func.vjp(output_rows, v0)  # J^T, reused by every iteration
     for _ in range(iterations):
         _, ju = torch.func.jvp(output_rows, (v0,), (u,))
-        _, pullback = torch.func.vjp(output_rows, v0)
         (jtju,) = pullback(ju)
         norm = float(jtju.detach().norm())
         if norm == 0.0:

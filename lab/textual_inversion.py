@@ -41,7 +41,7 @@ class InversionResult:
 def invert(unet, text, vae, steps: int = 300, batch: int = 16, lr: float = 0.01, samples: int = 16,
            seed: int = 0) -> InversionResult:
     from lab.preview import ddim
-    from lab.text_probes import end_position
+    from lab.text_probes import with_token
     from lab.train import Tokenizer, encode_all, sd1_alphas_cumprod
     from lab.world import ATTRIBUTES, Scene, draw, extract
 
@@ -57,7 +57,6 @@ def invert(unet, text, vae, steps: int = 300, batch: int = 16, lr: float = 0.01,
     latent_std = vae.vae_scale.item() / 0.18215
     latents = encode_all(vae, images, "cpu") / latent_std
     ids = tokenizer([PROMPT])
-    end = end_position(ids[0])
     for p in [*unet.parameters(), *text.parameters(), *vae.parameters()]:
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
@@ -73,7 +72,7 @@ def invert(unet, text, vae, steps: int = 300, batch: int = 16, lr: float = 0.01,
         noise = torch.randn(latents[idx].shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * latents[idx] + (1 - a).sqrt() * noise
-        context = text.encode_embeddings(text.embed_inserting(ids, [end], token.view(1, -1))).expand(batch, -1, -1)
+        context = text.encode_embeddings(with_token(text, ids, token)[0]).expand(batch, -1, -1)
         loss = (unet(xt, t.float(), context=context) - noise).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -82,7 +81,7 @@ def invert(unet, text, vae, steps: int = 300, batch: int = 16, lr: float = 0.01,
     def colors(row: torch.Tensor | None) -> list[dict]:
         """What the extractor reads in `samples` seeds of PROMPT, with `row` appended (None: plain)."""
         with torch.no_grad():
-            cond = None if row is None else text.encode_embeddings(text.embed_inserting(ids, [end], row.view(1, -1)))
+            cond = None if row is None else text.encode_embeddings(with_token(text, ids, row)[0])
             images = [ddim(unet, text, vae, [PROMPT], seed=1000 + i, cond=cond, tok=tokenizer)[0]
                       for i in range(samples)]
         return [extract((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for im in images]

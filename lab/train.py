@@ -159,7 +159,7 @@ def extra_rows(text, ids: torch.Tensor, rate: float, gen: torch.Generator,
                words: list[list[int]]) -> tuple[list[int | None], torch.Tensor]:
     """Where each caption gets its extra row (None: none) and the rows (B, width); `words`: per caption
     the token ids of its image's attribute words. See TextOptions."""
-    from lab.text_probes import end_position
+    from lab.text_encoder import end_position
 
     positions: list[int | None] = []
     rows = torch.randn(len(ids), text.token_embedding.shape[1], generator=gen).to(ids.device)
@@ -176,6 +176,11 @@ def extra_rows(text, ids: torch.Tensor, rate: float, gen: torch.Generator,
 def attribute_word_ids(tokenizer, scene: Scene) -> list[int]:
     """The token ids of the words naming a scene's color, size and background (one token each)."""
     return [int(tokenizer([word])[0, 1]) for word in (scene.color, scene.size, scene.background)]
+
+
+def scene_words(tokenizer, scenes: list[Scene], options: TextOptions) -> list[list[int]]:
+    """attribute_word_ids of each scene, when extra rows are inserted (else none are needed)."""
+    return [attribute_word_ids(tokenizer, s) for s in scenes] if options.extra_token_rate else []
 
 
 def encode_for_training(text, ids: torch.Tensor, options: TextOptions, gen: torch.Generator,
@@ -218,6 +223,7 @@ def train_denoiser(latents: torch.Tensor, scenes: list[Scene], steps: int, batch
     alphas = sd1_alphas_cumprod().to(device)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
+    all_words = scene_words(tokenizer, scenes, text_options)
     for step in range(steps):
         idx = torch.randint(len(latents), (batch,), generator=gen)
         captions = ["" if rng.random() < drop_caption else random_caption(scenes[i], rng) for i in idx.tolist()]
@@ -226,7 +232,7 @@ def train_denoiser(latents: torch.Tensor, scenes: list[Scene], steps: int, batch
         noise = pyramid_noise(x0.shape, gen, pyramid).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        words = [attribute_word_ids(tokenizer, scenes[i]) for i in idx.tolist()]
+        words = [all_words[i] for i in idx.tolist()] if all_words else []
         context, penalty = encode_for_training(text, tokenizer(captions).to(device), text_options, gen, words)
         loss = (unet(xt, t.float(), context=context) - noise).square().mean() + text_options.logit_penalty * penalty
         opt.zero_grad(set_to_none=True)

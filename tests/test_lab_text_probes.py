@@ -84,7 +84,7 @@ def test_training_extra_rows_land_up_to_the_end_token_and_logits_are_penalized()
     generator (v1's training unchanged). On: every row lands between the start and the end token, word rows
     are the image's own attribute words, the context is the encoder's with those rows, and the penalty is
     the mean squared causal logit."""
-    from lab.text_probes import end_position
+    from lab.text_encoder import end_position
     from lab.train import TextOptions, attribute_word_ids, encode_for_training, extra_rows
     from lab.world import Scene
 

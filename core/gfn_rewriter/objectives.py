@@ -24,10 +24,11 @@ Summed over t, the deltas telescope to the trajectory-balance residual with log 
 tb: trajectory balance, (log Z(x) + sum_t log P_F - log R)^2, log Z(x) = log F(s_0) from the same head.
 reward_max: REINFORCE on log R with the group's mean as baseline: reward maximization, for ablations.
 
-The flow function log F(s): a small head on the policy's detached hidden states. Authors' design: Linear(D, 256) -> ReLU -> FiLM (scale and shift computed from the prompt's hidden
-state) -> Linear(256, 1). The hidden states are detached, so the flow loss trains only this head's
-weights through F while the policy learns through its log-probabilities. dormant_share: the share of
-its neurons that have gone quiet, which training logs.
+The flow function log F(s): a small head on the policy's detached hidden states. Authors' design:
+Linear(D, 256) -> ReLU -> FiLM (scale and shift computed from the prompt's hidden state) -> Linear(256, 1).
+The hidden states are detached, so the flow loss trains only this head's weights through F while the
+policy learns through its log-probabilities. dormant_share: the share of its neurons that have gone
+quiet, which training logs.
 
 Temperature schedules: value(step) moves linearly from `start` to `end` over `horizon` steps, then stays.
 Paper: reward temperature tau 2.0 -> 1.0 over 500 steps (divides log R in the loss); exploration

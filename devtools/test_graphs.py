@@ -24,3 +24,19 @@ def guided_sampling_graph(ckpt: str, guider_class: str, guider_inputs: dict, pos
                            "sigmas": ["sig", 0], "latent_image": ["lat", 0]}},
         "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sca", 0], "filename_prefix": prefix}},
     }
+
+
+def nan_latent_file(size: int = 64) -> str:
+    """A .latent file with one NaN in ComfyUI's input folder (what Load Latent reads); its name."""
+    import os
+
+    import folder_paths
+    import safetensors.torch
+    import torch
+
+    latent = torch.zeros(1, 4, size // 8, size // 8)
+    latent[0, 0, 0, 0] = float("nan")
+    name = "prompt_optim_nan.latent"
+    safetensors.torch.save_file({"latent_tensor": latent, "latent_format_version_0": torch.tensor([])},
+                                os.path.join(folder_paths.get_input_directory(), name))
+    return name

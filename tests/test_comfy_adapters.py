@@ -153,11 +153,17 @@ def test_end_token_changes_only_later_positions_and_gets_gradient(pack, sd1):
     assert torch.equal(encoder.vocabulary("l"), vocab_before)
 
 
-def test_prompt_without_room_for_the_token_is_refused(pack, sd1):
+def test_full_window_end_token_opens_a_window_start_token_is_refused(pack, sd1):
     _, clip = sd1
     encoder = pack.comfy_text_encoder.ComfyTextEncoder(clip)
+    vector = torch.ones(1, 768)
+    plain = clip.tokenize("cat " * 75)["l"]
+    chunks = encoder.tokens("cat " * 75, pack.text_encoder.LearnableTokens({"l": vector}))["l"]
+    assert chunks[0] == plain[0] and len(chunks) == 2 and len(chunks[1]) == 77  # the vector entry holds 1 row
+    start, entry, end = chunks[1][:3]
+    assert start[0] == 49406 and entry[0] is vector and end[0] == 49407
     with pytest.raises(ValueError, match="no room"):
-        encoder.tokens("cat " * 75, pack.text_encoder.LearnableTokens({"l": torch.zeros(1, 768)}))
+        encoder.tokens("cat " * 75, pack.text_encoder.LearnableTokens({"l": vector}, "start"))
     with pytest.raises(ValueError, match="768-wide"):
         encoder.tokens("cat", pack.text_encoder.LearnableTokens({"l": torch.zeros(1, 1024)}))
 
@@ -195,3 +201,19 @@ def test_sdxl_gradients_through_both_encoders_and_pooled_output(comfy, sdxl_chec
     assert out[3][0] < TOLERANCE, report
     # The 10-block random SDXL UNet curves more: its finite difference carries ~6e-3 truncation error.
     assert out[4][0] < 2 * TOLERANCE, report
+
+
+@pytest.mark.parametrize("typed, words", [
+    ("a (red:1.3) circle", "a red circle"),
+    ("((blue)) square, (yellow background:0.8)", "blue square, yellow background"),
+    ("a red circle embedding:chain_tok", "a red circle"),
+    ("embedding:style, a cat", "a cat"),
+    ("a cat, embedding:style.safetensors, red", "a cat, red"),
+    ("a \\(tiny\\) cat", "a (tiny) cat"),  # escaped parentheses are literal text in ComfyUI
+    ("no syntax at all", "no syntax at all"),
+])
+def test_rewards_read_the_prompts_plain_words(pack, typed, words):
+    import importlib
+
+    plain_words = importlib.import_module(f"{pack.package}.nodes.conditioning.prompt_words").plain_words
+    assert plain_words(typed) == words

@@ -3,12 +3,14 @@
 The reward is the tiny random CLIP from devtools/reward_models.py: small, but a real differentiable
 CLIP, so the reward gradient reaches the text embedding through VAE, UNet and CFG exactly as at scale.
 """
+import sys
+
 import pytest
 import torch
 
 from devtools.inprocess import GraphError, InvalidGraph
 from devtools.reward_models import NAMES
-from devtools.test_graphs import guided_sampling_graph
+from devtools.test_graphs import guided_sampling_graph, nan_latent_file
 from devtools.weights import changed_keys, snapshot
 
 PROMPT = "a red square"
@@ -125,7 +127,14 @@ def test_reward_and_vae_are_loaded_by_comfyui_with_the_model(comfy, sd1_checkpoi
     assert vae.patcher in loaded and all(p in loaded for p in reward.patchers)
 
 
-def test_schedule_without_updates_equals_ksampler(comfy, sd1_checkpoint):
+def test_schedule_without_updates_equals_ksampler(comfy, sd1_checkpoint, monkeypatch):
+    # a schedule picking no step is refused (test_schedule_that_picks_no_step_is_refused); to compare the
+    # sampling path itself, the plan is emptied here
+    nodes_module = sys.modules[comfy.nodes.NODE_CLASS_MAPPINGS["PromptOptim_DATESampler"].__module__]
+    step_cls = sys.modules[nodes_module.date_guider.__module__].DateStep
+    planned = step_cls.planned_steps
+    monkeypatch.setattr(step_cls, "planned_steps",
+                        lambda self, sigmas: [] if self.schedule.value == "100" else planned(self, sigmas))
     graph = date_graph(sd1_checkpoint.name, batch=2)
     common = {"seed": 11, "steps": 6, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal",
               "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["lat", 0], "denoise": 1.0}
@@ -203,7 +212,78 @@ def test_combined_positive_is_refused_with_a_clear_message(comfy, sd1_checkpoint
     graph["guider"]["inputs"]["positive"] = ["both", 0]
     with pytest.raises(GraphError) as error:
         comfy.run(graph)
-    assert "one positive conditioning" in error.value.message["exception_message"]
+    # raised by the guider node itself, not later from the sampler
+    assert error.value.message["node_id"] == "guider"
+    message = error.value.message["exception_message"]
+    assert message.startswith("[DATE Guider] input 'positive': ") and "2 entries" in message
+
+
+@pytest.mark.parametrize("node, inputs, words", [
+    ("ConditioningSetArea", {"width": 64, "height": 64, "x": 0, "y": 0, "strength": 1.0}, "an area"),
+    ("ConditioningSetTimestepRange", {"start": 0.0, "end": 0.5}, "a timestep range (0-0.5)"),
+])
+def test_area_and_timestep_range_are_refused_at_the_guider(comfy, sd1_checkpoint, node, inputs, words):
+    graph = date_graph(sd1_checkpoint.name, batch=1, steps=2, schedule_value="1")
+    graph["limit"] = {"class_type": node, "inputs": {"conditioning": ["pos", 0], **inputs}}
+    graph["guider"]["inputs"]["positive"] = ["limit", 0]
+    with pytest.raises(GraphError) as error:
+        comfy.run(graph)
+    assert error.value.message["node_id"] == "guider"
+    message = error.value.message["exception_message"]
+    assert message.startswith("[DATE Guider] input 'positive': ") and words in message
+
+
+def test_concatenated_positive_is_updated_whole(comfy, sd1_checkpoint):
+    graph = date_graph(sd1_checkpoint.name, batch=1, steps=2, schedule_value="1", iterations=1)
+    graph["more"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "black background"}}
+    graph["concat"] = {"class_type": "ConditioningConcat",
+                       "inputs": {"conditioning_to": ["pos", 0], "conditioning_from": ["more", 0]}}
+    graph["guider"]["inputs"]["positive"] = ["concat", 0]
+    guider, _ = _run(comfy, graph)
+    run = guider.last_run
+    assert run.reference.shape[1] == 154 and len(run.updates) == 2
+    moved = (run.final - run.reference).flatten(2).norm(dim=2)[0]
+    assert moved[:77].sum() > 0 and moved[77:].sum() > 0, "the update reaches both parts of the sequence"
+
+
+def test_reward_reads_the_prompts_plain_words(comfy, sd1_checkpoint):
+    """ComfyUI's weight syntax and embedding names never reach the reward: the reward at the first update
+    equals the one with the plain words typed as reward_prompt (same state, same embedding)."""
+    rewards = {}
+    for name, text, reward_prompt in (("syntax", "a (red:1.3) square embedding:some_token", ""),
+                                      ("typed", "a (red:1.3) square embedding:some_token", "a red square")):
+        graph = date_graph(sd1_checkpoint.name, batch=1, steps=2, schedule_value="1", iterations=1,
+                           reward_prompt=reward_prompt)
+        graph["pos"]["inputs"]["text"] = text
+        guider, _ = _run(comfy, graph)
+        assert guider.method.reward_prompt == "a red square", name
+        assert "reward text: 'a red square'" in guider.last_run.report("clip")
+        rewards[name] = guider.last_run.updates[0][2][0].rewards
+    torch.testing.assert_close(rewards["syntax"], rewards["typed"], rtol=0, atol=0)
+
+
+def test_schedule_that_picks_no_step_is_refused(comfy, sd1_checkpoint):
+    graph = date_graph(sd1_checkpoint.name, batch=1, steps=4, schedule="step_list", schedule_value="100")
+    with pytest.raises(GraphError) as error:
+        comfy.run(graph)
+    message = error.value.message["exception_message"]
+    assert "[DATE Guider] input 'schedule_value': " in message and "4 steps (0-3)" in message
+    # partly beyond the run: the listed steps it has run, and the report names the others
+    graph = date_graph(sd1_checkpoint.name, batch=1, steps=4, schedule="step_list", schedule_value="1, 100",
+                       iterations=1)
+    guider, _ = _run(comfy, graph)
+    assert [u[0] for u in guider.last_run.updates] == [1]
+    assert "listed steps [100] are beyond this run's 4 steps" in guider.last_run.report("clip")
+
+
+def test_nan_latent_is_refused_naming_the_latent(comfy, sd1_checkpoint):
+    graph = date_graph(sd1_checkpoint.name, batch=1, steps=2, schedule_value="1")
+    graph["nan"] = {"class_type": "LoadLatent", "inputs": {"latent": nan_latent_file()}}
+    graph["sca"]["inputs"]["latent_image"] = ["nan", 0]
+    with pytest.raises(GraphError) as error:
+        comfy.run(graph)
+    message = error.value.message["exception_message"]
+    assert "[DATE Guider] the sampler's input 'latent_image'" in message and "NaN or infinite" in message
 
 
 def test_cancel_inside_the_update_loop(comfy, sd1_checkpoint):

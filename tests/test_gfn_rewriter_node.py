@@ -63,3 +63,17 @@ def test_bad_settings_name_the_input(comfy, change, input_name, words):
         comfy.run(graph)
     message = str(error.value)
     assert f"input '{input_name}'" in message and words in message, message
+
+
+def test_unique_drops_repeated_rewrites_and_says_when_fewer_exist(comfy):
+    graph = _graph(count=4)
+    graph["rw"]["inputs"].update(temperature=0.05, top_p=0.05)  # greedy: every draw reads the same
+    comfy.run(graph)
+    repeated = comfy.node_outputs("rw")[0]
+    assert len(repeated) == 4 and len(set(repeated)) == 1, repeated
+    graph["rw"]["inputs"]["unique"] = True
+    ui = comfy.run(graph)
+    distinct = comfy.node_outputs("rw")[0]
+    assert distinct == repeated[:1]
+    assert "note: only 1 distinct rewrites of 'a cat' (asked for 4)" in ui["rw"]["text"][0]
+    assert comfy.node_outputs("rw")[1] == [repeated[0]], "the text output holds the rewrites only"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from devtools.inprocess import GraphError, InvalidGraph
-from devtools.test_graphs import guided_sampling_graph
+from devtools.test_graphs import guided_sampling_graph, nan_latent_file
 from devtools.weights import changed_keys, snapshot
 
 PROMPT = "a red square"
@@ -284,10 +284,10 @@ def test_bad_inputs_are_refused_with_the_node_and_input_named(comfy, sd1_checkpo
     graph["pos"]["inputs"]["text"] = "  "
     assert "input 'text'" in _error(comfy, graph)
 
-    graph = minority_graph(name)
-    graph["pos"]["inputs"]["text"] = "a " * 75  # fills CLIP's 77-token window: no room for the placeholder
+    graph = minority_graph(name, position="start")
+    graph["pos"]["inputs"]["text"] = "a " * 75  # fills CLIP's first window: no room for a start placeholder
     message = _error(comfy, graph)
-    assert "input 'text'" in message and "shorten the prompt" in message
+    assert "input 'text'" in message and "use position end" in message
 
     with pytest.raises(InvalidGraph) as error:  # refused when queued (validate_inputs)
         comfy.run(minority_graph(name, token_per_image=False, diversity=0.5))
@@ -307,3 +307,73 @@ def test_bad_inputs_are_refused_with_the_node_and_input_named(comfy, sd1_checkpo
     assert "input 'name'" in _error(comfy, graph)
     graph["emb"]["inputs"].update(name="fine", image_index=3)
     assert "input 'image_index'" in _error(comfy, graph)
+
+
+def _short_run(ckpt: str, **overrides) -> dict:
+    """Two steps, one optimized with one iteration: enough to see what the guider does with its positive."""
+    return minority_graph(ckpt, steps=2, batch=1, **{"optimize_fraction": 0.5, "every_n_steps": 1, "iterations": 1,
+                                                     "measure_gain": False, **overrides})
+
+
+@pytest.mark.parametrize("words", [75, 76, 1000])
+def test_any_prompt_length_runs_with_an_end_placeholder(comfy, sd1_checkpoint, words):
+    """75 words fill the window (the placeholder opens a window of its own), 76 spill into a second one
+    (the placeholder joins it), 1000 run over 14 windows, like CLIP Text Encode."""
+    graph = _short_run(sd1_checkpoint.name)
+    graph["pos"]["inputs"]["text"] = "a " * words
+    guider, _ = _run(comfy, graph)
+    windows = -(-words // 75) + (1 if words % 75 == 0 else 0)
+    run = guider.last_run
+    assert len(run.steps) == 1 and run.conditioning.cross_attn.shape[1] == 77 * windows
+    prompt = comfy.node_outputs("pos")[0][0][0][0]
+    assert prompt.shape[1] == 77 * -(-words // 75)
+    # the prompt's own windows are untouched (causal CLIP, separate windows); the placeholder's differs
+    last = prompt.shape[1] - 77 if words % 75 else prompt.shape[1]
+    torch.testing.assert_close(run.conditioning.cross_attn[:, :last].cpu(), prompt[:, :last], rtol=0, atol=1e-5)
+
+
+def test_concatenated_conditioning_is_carried_through_optimization(comfy, sd1_checkpoint):
+    graph = _short_run(sd1_checkpoint.name, optimize_fraction=1.0)
+    graph["more"] = {"class_type": "CLIPTextEncode",
+                     "inputs": {"clip": ["ckpt", 1], "text": "blue square, black background"}}
+    graph["concat"] = {"class_type": "ConditioningConcat",
+                       "inputs": {"conditioning_to": ["pos", 0], "conditioning_from": ["more", 0]}}
+    graph["guider"]["inputs"]["positive"] = ["concat", 0]
+    guider, _ = _run(comfy, graph)
+    run = guider.last_run
+    concatenated = comfy.node_outputs("more")[0][0][0][0]
+    optimized = run.conditioning.cross_attn.cpu()
+    assert len(run.steps) == 2 and optimized.shape[1] == 154
+    torch.testing.assert_close(optimized[:, 77:], concatenated, rtol=0, atol=0)
+    at = _placeholder_index(comfy.node_outputs("ckpt")[1][0])
+    original = comfy.node_outputs("pos")[0][0][0][0]
+    assert (optimized[:, at] - original[:, at]).abs().amax() > 1e-4, "the placeholder was optimized"
+
+
+@pytest.mark.parametrize("node, inputs, words", [
+    ("ConditioningSetTimestepRange", {"start": 0.0, "end": 0.5}, "a timestep range (0-0.5)"),
+    ("ConditioningSetArea", {"width": 64, "height": 64, "x": 0, "y": 0, "strength": 1.0}, "an area"),
+    ("ConditioningCombine", {}, "2 entries"),
+    ("ConditioningAverage", {"conditioning_to_strength": 0.5}, "not the ones the encode node produced"),
+])
+def test_conditioning_the_guider_cannot_honour_is_refused_at_the_guider(comfy, sd1_checkpoint, node, inputs, words):
+    graph = _short_run(sd1_checkpoint.name, optimize_fraction=1.0)
+    graph["other"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a blue circle"}}
+    links = {"ConditioningCombine": {"conditioning_1": ["pos", 0], "conditioning_2": ["other", 0]},
+             "ConditioningAverage": {"conditioning_to": ["pos", 0], "conditioning_from": ["other", 0]}}
+    graph["limit"] = {"class_type": node, "inputs": {**links.get(node, {"conditioning": ["pos", 0]}), **inputs}}
+    graph["guider"]["inputs"]["positive"] = ["limit", 0]
+    with pytest.raises(GraphError) as error:
+        comfy.run(graph)
+    assert error.value.message["node_id"] == "guider", "raised by the guider node, not later by the sampler"
+    message = error.value.message["exception_message"]
+    assert message.startswith("[MinorityPrompt Guider] input 'positive': ") and words in message
+
+
+def test_nan_latent_is_refused_naming_the_input(comfy, sd1_checkpoint):
+    graph = sampler_graph(sd1_checkpoint.name, fraction=0.5, batch=1, iterations=1)
+    graph["nan"] = {"class_type": "LoadLatent", "inputs": {"latent": nan_latent_file()}}
+    graph["mks"]["inputs"]["latent_image"] = ["nan", 0]
+    graph["out"] = {"class_type": "SaveLatent", "inputs": {"samples": ["mks", 0], "filename_prefix": "nan"}}
+    message = _error(comfy, graph)
+    assert message.startswith("[MinorityPrompt KSampler] input 'latent_image': ") and "1 NaN or infinite" in message

@@ -115,6 +115,44 @@ def test_errors_name_the_node_and_input(comfy):
         comfy.run(_graph("clip", NAMES["clip"], prompt="a\nb", per_line=True))
 
 
+def test_damaged_reward_files_are_named(comfy, base_dir):
+    """A truncated weights file (an interrupted download), alone or inside a Hugging Face folder: the error
+    names the node, the input and the file, not only the parser's complaint."""
+    import shutil
+
+    import safetensors.torch
+
+    from devtools.inprocess import GraphError
+
+    rewards = base_dir / "models" / "rewards"
+    head = rewards / "prompt_optim_damaged_head.safetensors"
+    safetensors.torch.save_file({"weight": torch.zeros(1, 64), "bias": torch.zeros(1)}, str(head))
+    head.write_bytes(head.read_bytes()[: head.stat().st_size // 2])
+    graph = _graph("laion_aesthetic", head.name, backbone=NAMES["clip"])
+    with pytest.raises(GraphError) as error:
+        comfy.run(graph)
+    message = error.value.message["exception_message"]
+    assert message.startswith("[Load Reward Model] input 'weights': ") and str(head) in message
+    assert "damaged or incomplete" in message
+
+    folder = rewards / "prompt_optim_damaged_clip"
+    if not folder.exists():
+        shutil.copytree(rewards / NAMES["clip"], folder)
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(GraphError) as error:
+        comfy.run(_graph("clip", folder.name))
+    message = error.value.message["exception_message"]
+    assert message.startswith("[Load Reward Model] input 'weights': ") and str(folder) in message
+
+
+def test_score_node_reads_the_prompts_plain_words(comfy):
+    comfy.run(_graph("clip", NAMES["clip"], prompt="a red square"))
+    plain = comfy.node_outputs("score")[1]
+    comfy.run(_graph("clip", NAMES["clip"], prompt="a (red:1.3) square embedding:some_token"))
+    assert comfy.node_outputs("score")[1] == plain
+
+
 def test_rewards_folder_is_registered_and_merged(comfy, pack, base_dir):
     import folder_paths
 

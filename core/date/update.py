@@ -112,6 +112,10 @@ class UpdateSchedule:
                 raise DateSettingsError(f"percent_of_steps must be in (0, 100]; got {text!r}.", "value")
         object.__setattr__(self, "_numbers", tuple(numbers))
 
+    def beyond(self, steps: int) -> list[int]:
+        """Listed steps that a run of `steps` steps does not have (step_list only)."""
+        return [i for i in self._numbers if i >= steps] if self.kind == "step_list" else []
+
     def steps(self, sigmas: Sequence[float] | torch.Tensor) -> list[int]:
         """Indices of the update steps for a schedule of len(sigmas) - 1 steps."""
         sigmas = [float(s) for s in sigmas]

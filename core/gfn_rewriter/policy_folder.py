@@ -61,8 +61,12 @@ def load_policy(folder: str | Path, device: torch.device | str = "cpu", dtype: t
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     if tokenizer.eos_token_id is None:
         raise PolicyFolderError(f"'{folder}': the tokenizer defines no end-of-text (eos) token; rewrites could not end.")
-    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
-                                                 use_safetensors=True, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
+                                                     use_safetensors=True, dtype=dtype)
+    except Exception as e:  # noqa: BLE001 - e.g. a truncated model.safetensors (safetensors' own error type)
+        raise PolicyFolderError(f"'{folder}': the model weights cannot be read ({type(e).__name__}: {e}); a file "
+                                "is damaged or incomplete: copy the folder again.") from e
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise PolicyFolderError(f"'{folder}': the tokenizer has {len(tokenizer)} tokens but the model embeds only "
                                 f"{model.get_input_embeddings().num_embeddings}; they do not belong together.")

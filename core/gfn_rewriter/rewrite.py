@@ -48,6 +48,10 @@ class RewriteSettings:
     diversity_penalty: float = 1.0
     length_penalty: float = -1.0  # diverse beam search: score = sum log p / length ** length_penalty
     template: str = trajectories.DEFAULT_TEMPLATE
+    # False: what the authors' evaluation returns, where two rewrites can read the same (sampling draws the
+    # same text, or two beam groups end on the same words). True: duplicates are dropped and more rewrites
+    # drawn (sampling: further seeds; beam search: more groups), up to UNIQUE_TRIES x count
+    unique: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -58,26 +62,54 @@ class RewriteSettings:
             raise SettingsError("need 0 <= min_new_tokens <= max_new_tokens", "min_new_tokens")
 
 
+UNIQUE_TRIES = 4
+
+
+def _distinct(texts: list[str], count: int) -> list[str]:
+    """The first `count` texts that differ (white space folded), in order."""
+    seen, out = set(), []
+    for text in texts:
+        key = " ".join(text.split())
+        if key not in seen:
+            seen.add(key)
+            out.append(text)
+    return out[:count]
+
+
 def rewrite(model, tokenizer, prompt: str, settings: RewriteSettings,
             between: Callable[[], None] = lambda: None, interrupt: Callable[[], None] = lambda: None) -> list[str]:
-    """settings.count rewrites of one prompt; `between()` runs after each generation (progress, cancel),
+    """settings.count rewrites of one prompt (with `unique`, possibly fewer when the policy has no more distinct
+    ones within UNIQUE_TRIES x count); `between()` runs after each generation (progress, cancel),
     `interrupt()` after each token step of diverse beam search (cancel)."""
     ids = trajectories.encode_prompt(tokenizer, prompt, settings.template)
     eos = tokenizer.eos_token_id
     device = model.get_input_embeddings().weight.device
+    count = settings.count
     if settings.mode == "diverse_beam_search":
-        tokens = diverse_beam_search(model, ids, eos, settings.count, settings.count, settings.diversity_penalty,
-                                     settings.max_new_tokens, settings.min_new_tokens, settings.length_penalty,
-                                     between_steps=interrupt)
-        between()
-        return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+        beams = count
+        while True:  # more groups only when asked for distinct rewrites and some coincide
+            tokens = diverse_beam_search(model, ids, eos, beams, beams, settings.diversity_penalty,
+                                         settings.max_new_tokens, settings.min_new_tokens, settings.length_penalty,
+                                         between_steps=interrupt)
+            between()
+            texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+            if not settings.unique:
+                return texts
+            distinct = _distinct(texts, count)
+            if len(distinct) == count or beams >= UNIQUE_TRIES * count:
+                return distinct
+            beams = min(2 * beams, UNIQUE_TRIES * count)
     out = []
-    for i in range(settings.count):
+    for i in range(UNIQUE_TRIES * count if settings.unique else count):
         generator = torch.Generator(device).manual_seed(settings.seed + i)
         traj = trajectories.sample(model, ids, 1, eos, settings.max_new_tokens, settings.min_new_tokens,
                                    settings.temperature, settings.top_p, generator)
         out.append(traj.texts(tokenizer)[0])
         between()
+        if settings.unique:
+            out = _distinct(out, count)
+            if len(out) == count:
+                break
     return out
 
 

@@ -193,7 +193,9 @@ def optimize_step(denoiser: Denoiser, encode: Callable[[Tokens], TextConditionin
             (-total).backward()  # gradient ascent on J
             for name, p in params.items():
                 if p.grad is None or not torch.isfinite(p.grad).all():
-                    raise FloatingPointError(f"the gradient of the {name!r} token is not finite at sigma {sigma:.4g}")
+                    raise FloatingPointError(
+                        f"the placeholder's gradient (text encoder {name}) is not finite at sigma {sigma:.4g}: the "
+                        "model's prediction overflowed or the state was not finite; try fp32 weights or a lower lr")
             old = {name: p.detach().clone() for name, p in params.items()}
             optimizer.step()
             result.predicted_gains.append(sum(float((-p.grad.double() * (p.detach() - old[name]).double()).sum())

@@ -58,7 +58,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix.lower() in (".safetensors", ".sft"):
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: name it, not a parser's internals
+            raise RewardCheckpointError(f"'{path}' cannot be read as safetensors ({e}); the file is damaged or "
+                                        "incomplete (e.g. an interrupted download): download it again.") from e
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report the file, not an unpickling trace

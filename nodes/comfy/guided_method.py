@@ -18,6 +18,8 @@ import comfy.samplers
 import comfy.utils
 from comfy_api.latest import io
 
+from .step_guider import check_finite_latent
+
 LATENT_HELP = "The latent to denoise (Empty Latent Image for txt2img)."
 DENOISE_HELP = "As in KSampler: below 1 only the last part of the schedule runs."
 
@@ -143,6 +145,7 @@ def ksampler_node(face: GuidedMethodFace, class_name: str, *, node_id: str, disp
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 **settings) -> io.NodeOutput:
         guider = face.build_guider(display_name, model, positive, negative, cfg, **settings)
+        check_finite_latent(display_name, "input 'latent_image'", latent_image["samples"], guider.method.name)
         sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
         return io.NodeOutput(*face.sample(guider, model, seed, sampler_name, sigmas, latent_image))
 

@@ -28,6 +28,7 @@ import comfy.model_management as mm
 import comfy.samplers
 
 from ...core.shared.autograd_weights import autograd_ready
+from .errors import NodeInputError
 
 log = logging.getLogger("prompt_optim.step_optimizer")
 
@@ -47,6 +48,38 @@ def progress_text(text: str) -> None:
             PromptServer.instance.send_progress_text(text, context.node_id)
     except Exception:  # the UI text is a courtesy; sampling must not fail for it
         pass
+
+
+# -- the positive a method optimizes ------------------------------------------------------------------
+def single_positive(node: str, positive, method: str):
+    """The one entry [tensor, options] of a method's positive CONDITIONING, checked when the guider node runs:
+    the method's objective is about the whole image at every step it optimizes, so an area, a mask or a
+    timestep range (which make the positive act on part of the image or of the schedule) are refused, as are
+    several entries (Conditioning Combine), rather than silently ignored or failing mid-run."""
+    if not isinstance(positive, list) or len(positive) != 1:
+        count = len(positive) if isinstance(positive, list) else 0
+        raise NodeInputError(node, "positive", f"{method} changes one text conditioning; this one has {count} "
+                                               "entries (from Conditioning Combine). Connect a single text encode.")
+    entry = positive[0]
+    options = entry[1]
+    limits = [name for key, name in (("area", "an area"), ("mask", "a mask")) if options.get(key) is not None]
+    start, end = options.get("start_percent", 0.0), options.get("end_percent", 1.0)
+    if start > 0.0 or end < 1.0:
+        limits.append(f"a timestep range ({start:g}-{end:g})")
+    if limits:
+        raise NodeInputError(node, "positive", f"the conditioning has {' and '.join(limits)}; {method} optimizes "
+                             "the prompt for the whole image at each scheduled step, so it takes conditioning "
+                             "without area, mask or timestep range (Conditioning Set Area / Mask / Timestep Range).")
+    return entry
+
+
+def check_finite_latent(node: str, where: str, latent: torch.Tensor, method: str) -> None:
+    """A NaN or infinite latent makes every gradient NaN: say where it came in, before any work."""
+    bad = int((~torch.isfinite(latent)).sum())
+    if bad:
+        raise GuiderError(f"[{node}] {where}: the latent has {bad} NaN or infinite values (of {latent.numel()}), "
+                          f"so {method} has nothing to optimize from. Check the node that made it (e.g. Load Latent, "
+                          "VAE Encode).")
 
 
 # -- guidance, as comfy.samplers.sampling_function computes it -------------------------------------------
@@ -130,6 +163,7 @@ class StepMethod:
     """The part of a step-optimizing method the guider does not own. `run` is the method's run record."""
 
     name = "this method"  # in error messages and logs
+    node = "this method's node"  # the node that made the guider, for errors raised while sampling
     additional_models_key = "prompt_optim"
     run = None
 
@@ -175,13 +209,14 @@ class StepOptimizerGuider(comfy.samplers.CFGGuider):
         return self.method.run
 
     # -- one run ---------------------------------------------------------------------------------
-    def sample(self, *args, **kwargs):
+    def sample(self, noise, latent_image, *args, **kwargs):
+        check_finite_latent(self.method.node, "the sampler's input 'latent_image'", latent_image, self.method.name)
         self.planned: list[int] = []
         self._sigmas_key = None
         self._done: set[int] = set()
         self.method.begin_run()
         try:
-            return super().sample(*args, **kwargs)
+            return super().sample(noise, latent_image, *args, **kwargs)
         finally:  # also after a cancel or an error: the run record holds what was done
             self.method.end_run()
 

@@ -42,7 +42,9 @@ def splice(chunks: list, vectors: torch.Tensor, position: str, start_token: int,
     """Insert `vectors` (n, width) into ComfyUI token chunks, keeping each chunk's length.
 
     "end": before the end-of-text token of the last chunk; "start": right after start-of-text of the
-    first. n padding entries are dropped from that chunk's tail so its length stays the model's.
+    first. n padding entries are dropped from that chunk's tail so its length stays the model's. When the
+    last chunk has no padding left, "end" puts the vectors in a new chunk of their own (any prompt length
+    works, as in CLIP Text Encode); "start" needs room in the first chunk (the pooled vector comes from it).
     """
     chunks = [list(c) for c in chunks]
     index = 0 if position == "start" else len(chunks) - 1
@@ -52,15 +54,21 @@ def splice(chunks: list, vectors: torch.Tensor, position: str, start_token: int,
         at = 1 if ids and ids[0] == start_token else 0
     else:
         at = ids.index(end_token, 1) if end_token in ids[1:] else len(chunk)
+    # padding after the chunk's end-of-text token (SD1 pads with the end token itself, which is not room)
+    end_at = ids.index(end_token, 1) if end_token in ids[1:] else len(chunk)
     tail_pads = 0
-    for token in reversed(ids[at + 1:]):
+    for token in reversed(ids[end_at + 1:]):
         if token != pad_token:
             break
         tail_pads += 1
     n = vectors.shape[0]
-    if tail_pads < n:
-        raise ValueError(f"the prompt leaves no room for {n} more token(s) in its {len(chunk)}-token window; "
-                         "shorten the prompt")
+    if tail_pads < n and position == "start":
+        raise ValueError(f"the prompt fills its first {len(chunk)}-token window, which leaves no room for {n} "
+                         "token(s) at its start; use position end, or shorten the prompt")
+    if tail_pads < n:  # as ComfyUI does when a prompt outgrows a window: the tokens open one of their own
+        chunks.append([(start_token, 1.0), (vectors, 1.0), (end_token, 1.0)]
+                      + [(pad_token, 1.0)] * (len(chunk) - 2 - n))
+        return chunks
     chunk[at:at] = [(vectors, 1.0)]
     del chunk[len(chunk) - n:]
     chunks[index] = chunk

@@ -27,7 +27,8 @@ class TextEncodeKeepText(io.ComfyNode):
             display_name=ENCODE_NODE,
             category=CATEGORY,
             description="CLIP Text Encode that also stores the prompt text in the conditioning, so reward-driven "
-                        "nodes downstream (DATE) score images against the same text without retyping it. "
+                        "nodes downstream (DATE) score images against the same text without retyping it (its "
+                        "plain words: weights such as (red:1.3) read as red; embedding:name is left out). "
                         "Samples exactly like CLIP Text Encode.",
             inputs=[io.Clip.Input("clip", tooltip="The text encoder (from the checkpoint loader)."),
                     io.String.Input("text", multiline=True, dynamic_prompts=True, tooltip="The prompt.")],

@@ -13,6 +13,7 @@ import comfy.model_management as mm
 import comfy.samplers
 
 from ...core.date.update import DateSettings, UpdateRecord, UpdateSchedule, date_update
+from ..comfy.errors import NodeInputError
 from ..comfy.reward import ComfyReward
 from ..comfy.step_guider import GuiderError, ScheduledStep, StepMethod, StepOptimizerGuider, combine
 from ..comfy.vae_pixels import decode_pixels
@@ -25,6 +26,9 @@ class DateRun:
     """What one sampling run did: the planned steps, one entry per update, the final embedding."""
 
     planned: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  # listed steps this run does not have
+    steps: int = 0
+    reward_prompt: str = ""
     updates: list[tuple[int, float, list[UpdateRecord]]] = field(default_factory=list)  # (step, sigma, records)
     reward_evaluations: int = 0
     reference: torch.Tensor | None = None
@@ -33,7 +37,11 @@ class DateRun:
     def report(self, label: str) -> str:
         if not self.updates:
             return f"DATE: no update step in this schedule (planned {self.planned})."
-        lines = [f"DATE with {label}: {len(self.updates)} updates at steps {[u[0] for u in self.updates]}"]
+        lines = [f"DATE with {label}: {len(self.updates)} updates at steps {[u[0] for u in self.updates]}",
+                 f"reward text: {self.reward_prompt!r}"]
+        if self.skipped:
+            lines.append(f"listed steps {self.skipped} are beyond this run's {self.steps} steps (0-{self.steps - 1}) "
+                         "and were skipped")
         for step, sigma, records in self.updates:
             rewards = ", ".join(f"{r.rewards.mean():.5g}" for r in records)
             lines.append(f"step {step} (sigma {sigma:.3f}): mean reward {rewards}")
@@ -45,8 +53,8 @@ class DateStep(StepMethod):
     additional_models_key = "prompt_optim_date"
 
     def __init__(self, settings: DateSettings, schedule: UpdateSchedule, reward: ComfyReward, vae,
-                 reward_prompt: str, decode_scale: float = 1.0):
-        self.settings, self.schedule = settings, schedule
+                 reward_prompt: str, decode_scale: float = 1.0, node: str = "DATE"):
+        self.settings, self.schedule, self.node = settings, schedule, node
         self.reward, self.vae, self.reward_prompt = reward, vae, reward_prompt
         self.decode_scale = decode_scale
         self.run = DateRun()
@@ -56,14 +64,20 @@ class DateStep(StepMethod):
 
     # -- one run ---------------------------------------------------------------------------------
     def begin_run(self):
-        self.run = DateRun()
+        self.run = DateRun(reward_prompt=self.reward_prompt)
         self._current = None
 
     def end_run(self):
         self.run.final = None if self._current is None else self._current.detach().cpu()
 
     def planned_steps(self, sigmas: list[float]) -> list[int]:
-        self.run.planned = self.schedule.steps(sigmas)
+        count = len(sigmas) - 1
+        self.run.planned, self.run.skipped = self.schedule.steps(sigmas), self.schedule.beyond(count)
+        self.run.steps = count
+        if not self.run.planned and count > 0:  # a run without a single update would look like DATE and be plain
+            raise NodeInputError(self.node, "schedule_value", f"{self.schedule.kind} {self.schedule.value!r} picks no "
+                                 f"step of this run: {count} steps (0-{count - 1}), sigmas {sigmas[0]:.4g} to "
+                                 f"{sigmas[-2]:.4g}. Pick steps the run has.")
         return self.run.planned
 
     def before_prediction(self, guider, x):
@@ -118,6 +132,6 @@ class DateStep(StepMethod):
 
 
 def date_guider(model_patcher, cfg: float, settings: DateSettings, schedule: UpdateSchedule, reward: ComfyReward,
-                vae, reward_prompt: str, decode_scale: float = 1.0) -> StepOptimizerGuider:
+                vae, reward_prompt: str, decode_scale: float = 1.0, node: str = "DATE") -> StepOptimizerGuider:
     return StepOptimizerGuider(model_patcher, cfg, DateStep(settings, schedule, reward, vae, reward_prompt,
-                                                            decode_scale))
+                                                            decode_scale, node))

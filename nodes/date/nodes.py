@@ -9,9 +9,10 @@ from ..comfy.errors import NodeInputError, settings_input_error
 from ..comfy.guided_method import GuidedMethodFace, guider_node, ksampler_node, sample_like_ksampler
 from ..comfy.model_family import model_family
 from ..comfy.socket_types import RewardModel
-from ..comfy.step_guider import StepOptimizerGuider
+from ..comfy.step_guider import StepOptimizerGuider, single_positive
 from ..comfy.validation import queued_check
 from ..conditioning.keep_text import ENCODE_NODE, stored_prompt
+from ..conditioning.prompt_words import plain_words
 from .guider import date_guider
 
 CATEGORY = "prompt_optim/date"
@@ -31,8 +32,8 @@ SCHEDULE_HELP = ("Which steps update the embedding, read with schedule_value: ev
 # core settings fields -> this node's inputs, where the names differ (UpdateSchedule's kind and value)
 SETTINGS_INPUTS = {"kind": "schedule", "value": "schedule_value"}
 MODEL_HELP = "The diffusion model (SD1.x, SD2.x or SDXL). It is not modified."
-POSITIVE_HELP = ("The prompt's conditioning; DATE updates a copy of its token states. One entry (not combined "
-                 "or area conditioning).")
+POSITIVE_HELP = ("The prompt's conditioning; DATE updates a copy of its token states (concatenated ones "
+                 "included). One entry, without area, mask or timestep range.")
 NEGATIVE_HELP = "The negative/unconditional conditioning; DATE never changes it."
 CFG_HELP = ("Classifier-free guidance scale (the authors' released commands: --w=8; their script's default: "
             "7.5). The reward sees the guided x0 estimate.")
@@ -61,18 +62,25 @@ def _date_inputs() -> list:
                                "decode memory and time, and the reward sees a blurrier picture."),
         io.String.Input("reward_prompt", default="", optional=True,
                         tooltip="Text the reward scores against. Empty: the text stored by 'CLIP Text Encode, "
-                                "keep text' in the positive conditioning."),
+                                "keep text' in the positive conditioning. The reward reads plain words: ComfyUI's "
+                                "weights, e.g. (red:1.3), become red, and embedding:name is left out."),
     ]
 
 
 def _reward_prompt(node: str, positive, given: str | None) -> str:
+    """The words the reward scores against: ComfyUI's weight syntax and embedding names removed."""
     if given and given.strip():
-        return given
-    stored = stored_prompt(positive)
-    if stored is None:
-        raise NodeInputError(node, "reward_prompt", "empty, and the positive conditioning carries no text: type "
-                                                    "the prompt here or encode it with '" + ENCODE_NODE + "'.")
-    return stored
+        text = given
+    else:
+        text = stored_prompt(positive)
+        if text is None:
+            raise NodeInputError(node, "reward_prompt", "empty, and the positive conditioning carries no text: type "
+                                                        "the prompt here or encode it with '" + ENCODE_NODE + "'.")
+    words = plain_words(text)
+    if not words:
+        raise NodeInputError(node, "reward_prompt", f"{text!r} has no words for the reward once ComfyUI's weights "
+                                                    "and embedding names are removed; type the prompt's words here.")
+    return words
 
 
 def update_schedule(node: str, schedule: str, schedule_value: str) -> UpdateSchedule:
@@ -91,6 +99,7 @@ def validate_schedule(cls, schedule=None, schedule_value=None) -> bool | str:
 def build_guider(node: str, model, positive, negative, cfg, vae, reward, rho, rule, schedule, schedule_value,
                  iterations, prior_weight, decode_scale, reward_prompt=None) -> StepOptimizerGuider:
     model_family(model, node)  # refuses families whose gradients we have not verified
+    single_positive(node, positive, "DATE")
     if vae is None:
         raise NodeInputError(node, "vae", "no VAE connected; the reward needs decoded images.")
     try:
@@ -99,7 +108,7 @@ def build_guider(node: str, model, positive, negative, cfg, vae, reward, rho, ru
         raise settings_input_error(node, e, SETTINGS_INPUTS) from None
     plan = update_schedule(node, schedule, schedule_value)
     text = _reward_prompt(node, positive, reward_prompt)
-    guider = date_guider(model, cfg, settings, plan, reward, vae, text, decode_scale=float(decode_scale))
+    guider = date_guider(model, cfg, settings, plan, reward, vae, text, decode_scale=float(decode_scale), node=node)
     guider.set_conds(positive, negative)
     return guider
 

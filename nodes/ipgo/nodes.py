@@ -20,6 +20,7 @@ from ..comfy.model_family import clip_family, matching_families
 from ..comfy.socket_types import IpgoTokens, RewardModel
 from ..comfy.step_guider import progress_text
 from ..comfy.validation import queued_check
+from ..conditioning.prompt_words import plain_words
 from .render import IpgoRenderer
 from .reward_curve import curve_image
 from .sequences import encode_sequence
@@ -173,6 +174,7 @@ class IpgoOptimize(io.ComfyNode):
                 sequences.append(encode_sequence(clip, text, negative, prefix_tokens + suffix_tokens))
             except ValueError as e:
                 raise NodeInputError(node, "prompts", f"{text!r}: {e}.") from None
+        reward_texts = [plain_words(text) for text in texts]  # the reward reads words, not ComfyUI's weight syntax
         width_c = sequences[0].states.shape[-1]
         try:
             with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; these are trained
@@ -198,8 +200,8 @@ class IpgoOptimize(io.ComfyNode):
         def evaluate(index, cross_attn, backward):
             mm.throw_exception_if_processing_interrupted()
             seq = sequences[index]
-            images = renderer.render(cross_attn, seq.pooled, seq.negative_conditioning(), seq.text, noise, latent,
-                                     sampler, sigmas, seed, backward, callback=interrupt_check)
+            images = renderer.render(cross_attn, seq.pooled, seq.negative_conditioning(), reward_texts[index], noise,
+                                     latent, sampler, sigmas, seed, backward, callback=interrupt_check)
             done[0] += 1
             bar.update_absolute(done[0], bar.total)
             return images

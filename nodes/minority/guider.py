@@ -60,8 +60,10 @@ class MinorityStep(StepMethod):
     additional_models_key = "prompt_optim_minority"
 
     def __init__(self, settings: MinoritySettings, spec: PlaceholderSpec, per_image: bool = True,
-                 probe: bool = False):
+                 probe: bool = False, concatenated: torch.Tensor | None = None, node: str = "MinorityPrompt"):
         self.settings, self.spec, self.per_image, self.probe = settings, spec, per_image, probe
+        self.node = node
+        self.concatenated = concatenated  # tokens Conditioning Concat appended after the encode node
         self.on_iteration: Callable[[int, int, float], None] | None = None  # (step, k, objective), e.g. a bar
         self.run = MinorityRun()
 
@@ -97,6 +99,9 @@ class MinorityStep(StepMethod):
             learnable = LearnableTokens({k: v[i:i + 1] for k, v in tokens.items()}, self.spec.position)
             parts.append(encoder.encode(self.spec.text, learnable))
         cross = torch.cat([p.cross_attn for p in parts])
+        if self.concatenated is not None:  # re-encoding replaces the encode node's tokens, not what follows them
+            tail = self.concatenated.to(cross.device, cross.dtype)
+            cross = torch.cat([cross, tail.expand(cross.shape[0], *tail.shape[1:])], dim=1)
         pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
         if rows != batch:  # one shared token
             cross = cross.expand(batch, *cross.shape[1:])
@@ -168,5 +173,6 @@ class MinorityStep(StepMethod):
 
 
 def minority_guider(model_patcher, cfg: float, settings: MinoritySettings, spec: PlaceholderSpec,
-                    per_image: bool = True, probe: bool = False) -> StepOptimizerGuider:
-    return StepOptimizerGuider(model_patcher, cfg, MinorityStep(settings, spec, per_image, probe))
+                    per_image: bool = True, probe: bool = False,
+                    concatenated: torch.Tensor | None = None, node: str = "MinorityPrompt") -> StepOptimizerGuider:
+    return StepOptimizerGuider(model_patcher, cfg, MinorityStep(settings, spec, per_image, probe, concatenated, node))

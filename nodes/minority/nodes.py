@@ -18,7 +18,7 @@ from ..comfy.errors import NodeInputError, require_prompt, settings_input_error
 from ..comfy.guided_method import GuidedMethodFace, guider_node, ksampler_node, sample_like_ksampler
 from ..comfy.model_family import clip_family, model_family
 from ..comfy.socket_types import MinorityToken
-from ..comfy.step_guider import StepOptimizerGuider
+from ..comfy.step_guider import StepOptimizerGuider, single_positive
 from ..comfy.text_encoder import ComfyTextEncoder
 from ..comfy.validation import queued_check
 from ..conditioning.keep_text import PROMPT_TEXT_KEY
@@ -59,7 +59,8 @@ class MinorityEncode(io.ComfyNode):
                 io.Combo.Input("position", options=["end", "start"], default="end",
                                tooltip="Where the placeholder goes: after the prompt (paper) or before it. CLIP's "
                                        "text encoder is causal, so an end placeholder leaves the prompt's own "
-                                       "token states unchanged."),
+                                       "token states unchanged. A prompt that fills its last 77-token window: "
+                                       "the placeholder gets a window of its own (end) or is refused (start)."),
                 io.Combo.Input("init", options=list(INITS), default="word", tooltip=INIT_HELP),
                 io.String.Input("init_word", default="cool", tooltip="A single-token word, for init 'word'."),
                 io.Int.Input("init_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
@@ -80,22 +81,21 @@ class MinorityEncode(io.ComfyNode):
                 single_token_word(encoder, init_word)
             except ValueError as e:
                 raise NodeInputError(ENCODE_NODE, "init_word", str(e)) from None
-        spec = PlaceholderSpec(clip, text, position, init, init_word, init_seed)
-        try:  # a prompt that fills the token window leaves no room for the placeholder
-            encoder.tokens(text, spec_tokens_for_check(encoder))
-        except ValueError as e:
-            raise NodeInputError(ENCODE_NODE, "text", str(e)) from None
+        if position == "start":  # a prompt that fills its first window leaves no room there
+            try:
+                encoder.tokens(text, LearnableTokens({k: torch.zeros(1, w) for k, w in encoder.token_widths.items()},
+                                                     position))
+            except ValueError as e:
+                raise NodeInputError(ENCODE_NODE, "text", str(e)) from None
         conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        spec = PlaceholderSpec(clip, text, position, init, init_word, init_seed, encoded=conditioning[0][0])
         return io.NodeOutput(node_helpers.conditioning_set_values(conditioning, {PROMPT_TEXT_KEY: text,
                                                                                  SPEC_KEY: spec}))
 
 
-def spec_tokens_for_check(encoder: ComfyTextEncoder) -> LearnableTokens:
-    return LearnableTokens({k: torch.zeros(1, w) for k, w in encoder.token_widths.items()})
-
-
 MODEL_HELP = "The diffusion model (SD1.x, SD2.x, SDXL, or a distilled few-step SDXL at cfg 1). It is not modified."
-POSITIVE_HELP = "From 'MinorityPrompt Text Encode' (one entry: not combined or area conditioning)."
+POSITIVE_HELP = ("From 'MinorityPrompt Text Encode' (directly, or as 'conditioning_to' of Conditioning Concat): "
+                 "one entry, without area, mask or timestep range.")
 NEGATIVE_HELP = "The negative/unconditional conditioning; never changed."
 CFG_HELP = "Classifier-free guidance scale (paper: 7.5 on SD1.5/SD2, 1.0 on SDXL-Lightning 4-step)."
 
@@ -109,8 +109,11 @@ def _settings_inputs() -> list:
                        tooltip="Adam learning rate (paper: 0.01). Adam restarts at every optimized step; the "
                                "token carries over."),
         io.Float.Input("optimize_fraction", default=0.1, min=0.0, max=1.0, step=0.01,
-                       tooltip="Optimize within this share of the steps from the start (paper: first 10%, "
-                               "t > 0.9T; SDXL-Lightning: 1.0 = all steps)."),
+                       tooltip="Optimize within this share of the steps that run, from the first (paper: first "
+                               "10% of 50 steps from pure noise, t > 0.9T; SDXL-Lightning: 1.0 = all steps). "
+                               "img2img (denoise < 1): the share of the executed steps, which start below the "
+                               "highest noise, so the paper's t > 0.9T region is not reached; the report lists "
+                               "each optimized step's sigma."),
         io.Int.Input("every_n_steps", default=1, min=1, max=1000,
                      tooltip="...and only every N-th step there (paper: 1)."),
         io.Float.Input("sg_lambda", default=1.0, min=0.0, max=100.0, step=0.01,
@@ -172,6 +175,11 @@ def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_
     if spec is None:
         raise NodeInputError(node, "positive", f"this conditioning has no placeholder: encode the prompt with "
                                                f"'{ENCODE_NODE}'.")
+    entry = single_positive(node, positive, "MinorityPrompt")
+    try:
+        concatenated = spec.concatenated_tokens(entry[0])
+    except ValueError as e:
+        raise NodeInputError(node, "positive", str(e) + ".") from None
     text_family = clip_family(spec.clip, node, "positive")
     if text_family != family:
         raise NodeInputError(node, "positive", f"the prompt was encoded with a {text_family} CLIP but the model is "
@@ -185,7 +193,8 @@ def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_
                                     anneal_level=anneal_level)
     except MinoritySettingsError as e:
         raise settings_input_error(node, e, SETTINGS_INPUTS) from None
-    guider = minority_guider(model, cfg, settings, spec, per_image=token_per_image, probe=measure_gain)
+    guider = minority_guider(model, cfg, settings, spec, per_image=token_per_image, probe=measure_gain,
+                             concatenated=concatenated, node=node)
     guider.set_conds(positive, negative)
     return guider
 

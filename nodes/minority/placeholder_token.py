@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,23 @@ class PlaceholderSpec:
     init: str  # core.minority.optimize.INITS
     init_word: str = "cool"
     init_seed: int = 0
+    encoded: torch.Tensor | None = field(default=None, compare=False, repr=False)  # the node's own output tokens
+
+    def concatenated_tokens(self, cross_attn: torch.Tensor) -> torch.Tensor | None:
+        """What Conditioning Concat appended to the encode node's tokens: (1, n, width), or None when nothing
+        was appended. ValueError when the encode node's own tokens were changed (e.g. Conditioning Average):
+        the guider re-encodes the prompt with its token and would silently drop such a change."""
+        own = self.encoded
+        if own is None:
+            return None
+        length = own.shape[1]
+        if (cross_attn.shape[1] < length or cross_attn.shape[2] != own.shape[2]
+                or not torch.equal(cross_attn[:, :length].to(own), own.expand(cross_attn.shape[0], -1, -1))):
+            raise ValueError("its token states are not the ones the encode node produced (changed by e.g. "
+                             "Conditioning Average or Conditioning Concat with the encode node as 'from'); the "
+                             "guider re-encodes the prompt with its token and would drop that change. Connect the "
+                             "encode node directly, or Conditioning Concat with it as 'conditioning_to'")
+        return cross_attn[:1, length:] if cross_attn.shape[1] > length else None
 
     def start_tokens(self, encoder: ComfyTextEncoder, count: int) -> dict[str, torch.Tensor]:
         """(count, width) starting rows per encoder; random draws come from init_seed."""

@@ -12,6 +12,7 @@ from ...core.rewards.base import RewardInputError, prompts_for_batch
 from ..comfy.errors import NodeInputError
 from ..comfy.reward import ComfyReward
 from ..comfy.socket_types import RewardModel
+from ..conditioning.prompt_words import plain_words
 from . import folder as reward_folder
 
 CATEGORY = "prompt_optim/rewards"
@@ -90,6 +91,10 @@ class LoadRewardModel(io.ComfyNode):
         except (RewardFileError, RewardCheckpointError, ValueError) as e:
             blame = "clip_backbone" if error_part(e) == BACKBONE else "weights"
             raise NodeInputError(LOAD_NODE, blame, str(e)) from e
+        except Exception as e:  # noqa: BLE001 - e.g. a damaged file inside a Hugging Face folder: name what was read
+            files = f"'{path}'" + (f" or the backbone '{backbone}'" if backbone is not None else "")
+            raise NodeInputError(LOAD_NODE, "weights", f"{files} could not be loaded ({type(e).__name__}: {e}); a "
+                                 "file may be damaged or incomplete: download it again.") from e
 
 
 class CombineRewards(io.ComfyNode):
@@ -139,7 +144,9 @@ class ScoreImages(io.ComfyNode):
                 io.Image.Input("images", tooltip="The images to score (any size)."),
                 RewardModel.Input("reward", tooltip="From Load Reward Model or Combine Rewards."),
                 io.String.Input("prompt", multiline=True, default="",
-                                tooltip="The prompt the images should match (ignored by the aesthetic predictor)."),
+                                tooltip="The prompt the images should match (ignored by the aesthetic predictor). "
+                                        "ComfyUI's weights, e.g. (red:1.3), and embedding:name are removed: the "
+                                        "reward reads plain words."),
                 io.Boolean.Input("prompt_per_line", default=False,
                                  tooltip="On: each line is the prompt of one image, as many lines as images. "
                                          "Off: the whole text is one prompt for every image."),
@@ -161,6 +168,7 @@ class ScoreImages(io.ComfyNode):
         if not prompt.strip() and reward.reward.family != "laion_aesthetic":
             raise NodeInputError(SCORE_NODE, "prompt", "the prompt is empty; type what the images should show.")
         prompts = [line for line in prompt.splitlines() if line.strip()] if prompt_per_line else [prompt]
+        prompts = [plain_words(p) for p in prompts]  # the reward reads words, not ComfyUI's weight syntax
         try:
             prompts = prompts_for_batch(prompts or [""], images.shape[0])
         except RewardInputError as e:

@@ -105,6 +105,11 @@ class GFlowNetRewriter(io.ComfyNode):
                                tooltip="Diverse beam search: a finished rewrite scores (sum of log-probabilities) / "
                                        "length ** length_penalty. The authors' evaluation: -1.0 (favours short "
                                        "rewrites); 1.0 is the per-token average."),
+                io.Boolean.Input("unique", default=False, optional=True,
+                                 tooltip="Off (the authors' evaluation): two rewrites can read the same (a policy "
+                                         "that is sure of one rewrite repeats it). On: duplicates are dropped and "
+                                         "more drawn, up to 4 x count tries; the node says when fewer distinct "
+                                         "rewrites exist."),
             ],
             outputs=[
                 io.String.Output(display_name="rewrites", is_output_list=True,
@@ -123,7 +128,7 @@ class GFlowNetRewriter(io.ComfyNode):
 
     @classmethod
     def execute(cls, policy, prompt, count, mode, seed, temperature, top_p, min_new_tokens, max_new_tokens,
-                diversity_penalty, template, dtype, length_penalty=-1.0) -> io.NodeOutput:
+                diversity_penalty, template, dtype, length_penalty=-1.0, unique=False) -> io.NodeOutput:
         prompts = [line.strip() for line in require_prompt(NODE, "prompt", prompt).splitlines() if line.strip()]
         folder = rewriter_folder.REWRITERS.resolve(policy) if policy != NO_ENTRIES else None
         if folder is None:
@@ -133,7 +138,7 @@ class GFlowNetRewriter(io.ComfyNode):
             settings = RewriteSettings(count=count, mode=mode, seed=seed, temperature=temperature, top_p=top_p,
                                        min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
                                        diversity_penalty=diversity_penalty, length_penalty=length_penalty,
-                                       template=template)
+                                       template=template, unique=unique)
         except SettingsError as e:
             raise settings_input_error(NODE, e) from None
         try:
@@ -149,13 +154,16 @@ class GFlowNetRewriter(io.ComfyNode):
             bar.update(1)
             mm.throw_exception_if_processing_interrupted()
 
-        rewrites = []
+        rewrites, short = [], []
         for p in prompts:
             mm.throw_exception_if_processing_interrupted()
-            rewrites += rewrite(model, tokenizer, p, settings, between, mm.throw_exception_if_processing_interrupted)
+            found = rewrite(model, tokenizer, p, settings, between, mm.throw_exception_if_processing_interrupted)
+            if len(found) < count:
+                short.append(f"note: only {len(found)} distinct rewrites of {p!r} (asked for {count})")
+            rewrites += found
         # one line per rewrite, so a line-per-prompt node downstream sees exactly `count` prompts per input line
         text = "\n".join(" ".join(r.split()) for r in rewrites)
-        return io.NodeOutput(rewrites, text, ui=ui.PreviewText(text))
+        return io.NodeOutput(rewrites, text, ui=ui.PreviewText("\n".join([text, *short])))
 
 
 NODES = [GFlowNetRewriter]

@@ -353,12 +353,14 @@ def test_concatenated_conditioning_is_carried_through_optimization(comfy, sd1_ch
 @pytest.mark.parametrize("node, inputs, words", [
     ("ConditioningSetTimestepRange", {"start": 0.0, "end": 0.5}, "a timestep range (0-0.5)"),
     ("ConditioningSetArea", {"width": 64, "height": 64, "x": 0, "y": 0, "strength": 1.0}, "an area"),
+    ("ConditioningSetMask", {"mask": ["mask", 0], "strength": 1.0, "set_cond_area": "default"}, "a mask"),
     ("ConditioningCombine", {}, "2 entries"),
     ("ConditioningAverage", {"conditioning_to_strength": 0.5}, "not the ones the encode node produced"),
 ])
 def test_conditioning_the_guider_cannot_honour_is_refused_at_the_guider(comfy, sd1_checkpoint, node, inputs, words):
     graph = _short_run(sd1_checkpoint.name, optimize_fraction=1.0)
     graph["other"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a blue circle"}}
+    graph["mask"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
     links = {"ConditioningCombine": {"conditioning_1": ["pos", 0], "conditioning_2": ["other", 0]},
              "ConditioningAverage": {"conditioning_to": ["pos", 0], "conditioning_from": ["other", 0]}}
     graph["limit"] = {"class_type": node, "inputs": {**links.get(node, {"conditioning": ["pos", 0]}), **inputs}}

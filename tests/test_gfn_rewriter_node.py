@@ -77,3 +77,14 @@ def test_unique_drops_repeated_rewrites_and_says_when_fewer_exist(comfy):
     assert distinct == repeated[:1]
     assert "note: only 1 distinct rewrites of 'a cat' (asked for 4)" in ui["rw"]["text"][0]
     assert comfy.node_outputs("rw")[1] == [repeated[0]], "the text output holds the rewrites only"
+
+
+def test_damaged_policy_weights_name_the_input_and_folder(comfy, base_dir):
+    from devtools.weights import damaged_copy
+
+    damaged = damaged_copy(base_dir / "models" / "prompt_rewriters" / NAMES["policy"], "prompt_optim_damaged_policy")
+    with pytest.raises(Exception) as error:
+        comfy.run(_graph(policy=damaged.name))
+    message = str(error.value)
+    assert "[GFlowNet Prompt Rewriter] input 'policy'" in message and str(damaged) in message, message
+    assert "damaged or incomplete" in message

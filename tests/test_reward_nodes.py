@@ -118,11 +118,10 @@ def test_errors_name_the_node_and_input(comfy):
 def test_damaged_reward_files_are_named(comfy, base_dir):
     """A truncated weights file (an interrupted download), alone or inside a Hugging Face folder: the error
     names the node, the input and the file, not only the parser's complaint."""
-    import shutil
-
     import safetensors.torch
 
     from devtools.inprocess import GraphError
+    from devtools.weights import damaged_copy
 
     rewards = base_dir / "models" / "rewards"
     head = rewards / "prompt_optim_damaged_head.safetensors"
@@ -135,11 +134,7 @@ def test_damaged_reward_files_are_named(comfy, base_dir):
     assert message.startswith("[Load Reward Model] input 'weights': ") and str(head) in message
     assert "damaged or incomplete" in message
 
-    folder = rewards / "prompt_optim_damaged_clip"
-    if not folder.exists():
-        shutil.copytree(rewards / NAMES["clip"], folder)
-        weights = folder / "model.safetensors"
-        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    folder = damaged_copy(rewards / NAMES["clip"], "prompt_optim_damaged_clip")
     with pytest.raises(GraphError) as error:
         comfy.run(_graph("clip", folder.name))
     message = error.value.message["exception_message"]

@@ -50,12 +50,9 @@ def splice(chunks: list, vectors: torch.Tensor, position: str, start_token: int,
     index = 0 if position == "start" else len(chunks) - 1
     chunk = chunks[index]
     ids = [entry[0] if isinstance(entry[0], int) else None for entry in chunk]
-    if position == "start":
-        at = 1 if ids and ids[0] == start_token else 0
-    else:
-        at = ids.index(end_token, 1) if end_token in ids[1:] else len(chunk)
-    # padding after the chunk's end-of-text token (SD1 pads with the end token itself, which is not room)
     end_at = ids.index(end_token, 1) if end_token in ids[1:] else len(chunk)
+    at = (1 if ids and ids[0] == start_token else 0) if position == "start" else end_at
+    # room = padding after the end-of-text token (SD1 pads with the end token itself, which is not room)
     tail_pads = 0
     for token in reversed(ids[end_at + 1:]):
         if token != pad_token:

@@ -82,7 +82,7 @@ def model_files(args) -> tuple[Path, Path, str]:
 
 
 # -- child: one configuration --------------------------------------------------------------------------
-def _graph(args, config: dict, ckpt_name: str, reward_name: str, sampler: str, scheduler: str, seed: int) -> dict:
+def date_graph(args, config: dict, ckpt_name: str, reward_name: str, sampler: str, scheduler: str, seed: int) -> dict:
     if config["every"] is None:
         return sampling_graph(args, ckpt_name, sampler, scheduler, seed)
     date_inputs = dict(vae=["ckpt", 2], reward=["rw", 0], rho=0.5, rule="paper", schedule="every_k_steps",
@@ -96,7 +96,7 @@ def _graph(args, config: dict, ckpt_name: str, reward_name: str, sampler: str, s
     return graph
 
 
-def _parse_report(report: str) -> tuple[int, int]:
+def parse_report(report: str) -> tuple[int, int]:
     """(updates, reward evaluations) from the DATE sampler's report text."""
     first = report.splitlines()[0] if report else ""
     match = re.search(r"(\d+) updates", first)
@@ -112,7 +112,7 @@ def run_one(args, name: str) -> dict:
     bench = ComfyBench("date_cost_", [ckpt], [reward_entry], args.sampler, args.scheduler)
 
     def generate(seed: int):
-        graph = _graph(args, config, ckpt.name, reward_name, bench.sampler, bench.scheduler, seed)
+        graph = date_graph(args, config, ckpt.name, reward_name, bench.sampler, bench.scheduler, seed)
         return bench.run(graph, SAMPLER_NODE)
 
     warm = generate(args.seed + 10_000)
@@ -122,7 +122,7 @@ def run_one(args, name: str) -> dict:
     updates = evaluations = 0
     dtypes = model_dtypes(bench)
     if config["every"] is not None:
-        updates, evaluations = _parse_report(bench.outputs(SAMPLER_NODE)[1][0])
+        updates, evaluations = parse_report(bench.outputs(SAMPLER_NODE)[1][0])
         dtypes["reward"] = str(next(bench.outputs("rw")[0][0].reward.parameters()).dtype)
     bench.close()
     return dict(name=name, label=config["label"], sampler=bench.sampler, scheduler=bench.scheduler,
@@ -300,10 +300,10 @@ def reading(args, cuda: bool, results: dict, fidelity: dict | None) -> list[str]
         grown = [f"{(r['peak_bytes'] - plain['peak_bytes']) / 2**30:+.2f} GiB {label}"
                  for r, label in ((every, "with DATE at every step"), (tenth, "with an update every 10 steps")) if r]
         bullets.append(f"**Memory.** Against plain sampling, peak memory ({kind}) changed by {' and '.join(grown)}. "
-                       "An update holds the backward graph of one update plus the copies of the UNet, VAE and reward "
-                       "weights that make autograd possible under ComfyUI's inference mode (`adapter_memory.md`); "
-                       "both exist only during an update, so the number of updates should not change the peak. The "
-                       "authors report 24 → 61.5 GB on a GPU at batch 16.")
+                       "An update holds the backward graph of one update; the UNet, VAE and reward weights are "
+                       "shared with the models, not copied, to make autograd possible under ComfyUI's inference "
+                       "mode (`adapter_memory.md`). The graph exists only during an update, so the number of updates "
+                       "should not change the peak. The authors report 24 → 61.5 GB on a GPU at batch 16.")
     if fidelity:
         mean_difference, mean_cosine, spread = _fidelity_summary(fidelity)
         full_s, half_s = fidelity["timing"]

@@ -45,7 +45,7 @@ AUTHORS_SETTING = ("The authors' setting is full-size SD1.5 on a GPU: "
                    "`python -m benchmarks.ipgo_cost --model sd15 --size 512 --steps 50 --epochs 5` (the GPU defaults).")
 
 
-def _ipgo_graph(args, config, ckpt: str, reward: str, sampler: str, scheduler: str, seed: int, epochs: int) -> dict:
+def ipgo_graph(args, config, ckpt: str, reward: str, sampler: str, scheduler: str, seed: int, epochs: int) -> dict:
     return {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "rw": {"class_type": "PromptOptim_LoadRewardModel",
@@ -71,7 +71,7 @@ def run_one(args, name: str) -> dict:
 
     def run(seed: int, epochs: int):
         if ipgo:
-            graph = _ipgo_graph(args, config, ckpt.name, NAMES["clip"], bench.sampler, bench.scheduler, seed, epochs)
+            graph = ipgo_graph(args, config, ckpt.name, NAMES["clip"], bench.sampler, bench.scheduler, seed, epochs)
             return bench.run(graph, IPGO_NODE)
         return bench.run(sampling_graph(args, ckpt.name, bench.sampler, bench.scheduler, seed), SAMPLER_NODE)
 
@@ -180,9 +180,9 @@ def reading(args, cuda: bool, results: dict) -> list[str]:
         kind = "CUDA max allocated" if cuda else "the child process's peak RSS"
         grown = " and ".join(f"{(results[name]['peak_bytes'] - plain['peak_bytes']) / 2**30:+.2f} GiB at "
                              f"K = {CONFIGS[name]['last_steps']}" for name in ("ipgo", "ipgo_k4") if name in results)
-        bullets.append(f"**Memory.** Peak memory ({kind}) against plain sampling: {grown}. The autograd copies of "
-                       "the UNet and VAE weights (ComfyUI's weights are inference tensors) and the activations of "
-                       "the K steps and of the decoder are held for the backward; the activations grow with K and "
+        bullets.append(f"**Memory.** Peak memory ({kind}) against plain sampling: {grown}. The activations of the "
+                       "K steps and of the decoder are held for the backward (the UNet and VAE weights are shared, "
+                       "not copied: `adapter_memory.md`); the activations grow with K and "
                        "with the image size.")
         bullets.append("The reports above list the reward of every timed epoch and whether the constraints held "
                        "after every epoch (‖WᵀW − I‖, coefficients and angles in range). The weights are random, so "

@@ -74,7 +74,7 @@ REPORT_OUTPUT = 2  # the sampler node's output slot holding its report text
 
 
 # -- child: one configuration --------------------------------------------------------------------------
-def _graph(args, config: dict, ckpt_name: str, sampler: str, scheduler: str, seed: int) -> dict:
+def minority_graph(args, config: dict, ckpt_name: str, sampler: str, scheduler: str, seed: int) -> dict:
     if not config["minority"]:
         return sampling_graph(args, ckpt_name, sampler, scheduler, seed)
     settings = dict(PAPER_SETTINGS, gradient_checkpointing=config["checkpointing"])
@@ -98,7 +98,7 @@ def run_one(args, name: str) -> dict:
     bench = ComfyBench("minority_cost_", [ckpt], sampler=args.sampler, scheduler=args.scheduler)
 
     def generate(seed: int):
-        return bench.run(_graph(args, config, ckpt.name, bench.sampler, bench.scheduler, seed), SAMPLER_NODE)
+        return bench.run(minority_graph(args, config, ckpt.name, bench.sampler, bench.scheduler, seed), SAMPLER_NODE)
 
     warm = generate(args.seed + 10_000)
     harness.reset_peak_memory(bench.cuda)
@@ -206,9 +206,9 @@ def reading(args, cuda: bool, results: dict) -> list[str]:
         removed = f"{saved / 2**30:.2f} GiB" if saved > 0 else "nothing"
         text += f"Of MinorityPrompt's {added / 2**30:+.2f} GiB over plain sampling, checkpointing removed {removed}"
         if saved < added / 4:
-            text += (", so most of it is not activations: it is likely the weight copies that make autograd possible "
-                     "under ComfyUI's inference mode (UNet and CLIP-L text encoder; `adapter_memory.md`), which exist "
-                     "only during an optimized step.")
+            text += (", so most of it is not the UNet's activations: the weights are not copied (`adapter_memory.md`), "
+                     "which leaves the CLIP-L text encoder's activations, the optimizer's state and the allocator's "
+                     "retained memory.")
         else:
             text += f": activations are a large part of it at {args.size}²."
         bullets.append(text)

@@ -78,8 +78,9 @@ class ComfyDenoiser(Denoiser):
 def prepared_denoiser(model_patcher, positive, latent: torch.Tensor, differentiable: bool = True):
     """Load the model as a sampler would and yield (ComfyDenoiser, AutogradScope) outside of sampling.
 
-    With `differentiable`, the model's inference-mode weights are replaced by ordinary copies for the
-    block and restored afterwards; the scope reports the bytes those copies cost.
+    With `differentiable`, the model's inference-mode weights are replaced by ordinary views of the same
+    memory for the block and restored afterwards; the scope reports what was shared and what (tensor
+    subclasses only) had to be copied.
     """
     model_options = comfy.model_patcher.create_model_options_clone(model_patcher.model_options)
     conds = {"positive": comfy.sampler_helpers.convert_cond(positive)}

@@ -83,8 +83,8 @@ class GradientCheck(io.ComfyNode):
             f"{token.finite_difference:.6g}, relative error {token.relative_error:.2e}",
             f"conditioning through denoiser x0: autograd {cond.autograd:.6g}, finite difference "
             f"{cond.finite_difference:.6g}, relative error {cond.relative_error:.2e}",
-            f"extra memory for autograd-ready weight copies: CLIP {clip_bytes / 2**20:.1f} MiB, "
-            f"model {model_bytes / 2**20:.1f} MiB",
+            f"weights copied to make them autograd-ready: CLIP {clip_bytes / 2**20:.1f} MiB, "
+            f"model {model_bytes / 2**20:.1f} MiB (plain weights are shared, not copied)",
         ])
         return io.NodeOutput(model, clip, report, token.relative_error, cond.relative_error,
                              ui=ui.PreviewText(report))

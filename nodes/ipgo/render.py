@@ -7,7 +7,8 @@ convention) with CFG exactly as ComfyUI applies it, inside the same model loadin
 gradient flows through them and the VAE decode to the tokens (the authors' truncated backpropagation:
 K = 2 of 50 LMS steps). The VAE and the reward ride along as additional models of a cloned
 ModelPatcher, so ComfyUI loads them with the diffusion model. The user's models are not modified: their
-inference-mode weights are swapped for frozen copies only while the differentiable steps run.
+inference-mode weights are swapped for frozen views of the same memory (no copy) only while the
+differentiable steps run.
 """
 from __future__ import annotations
 

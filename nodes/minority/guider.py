@@ -4,8 +4,8 @@ At each scheduled step (StepOptimizerGuider: any sampler and sigmas) the placeho
 takes K Adam steps of core.minority.optimize_step, re-encoding the prompt through the user's CLIP on
 every iteration; the step itself is then taken with plain CFG and the optimized conditioning. The CLIP
 is the method's additional model, so ComfyUI loads it with the diffusion model and can offload both
-afterwards; the user's model, CLIP and conditioning are not changed (weight copies for autograd exist
-only during an optimized step). With target
+afterwards; the user's model, CLIP and conditioning are not changed (the weights are re-viewed for
+autograd, not copied, and only during an optimized step). With target
 "whole_embedding" (the paper's ablation) the prompt's encoder output itself is optimized and the CLIP
 is not re-run.
 """

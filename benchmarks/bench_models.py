@@ -7,6 +7,9 @@ must not rebuild a 2 GB checkpoint.
     sd15_checkpoint()   full-size SD1.5 single file: UNet from ComfyUI's own SD15 UNet config (model_detection's
                         SD15 dict, 860 M parameters), the full SD1.x AutoencoderKL VAE and CLIP-L; fp16 weights by
                         devtools.checkpoints' per-key rule (~2.1 GB)
+    sdxl_checkpoint()   full-size SDXL base single file: UNet from model_detection's SDXL dict (2.6 B parameters),
+                        the AutoencoderKL VAE and CLIP-L + CLIP-G (bigG) as the SDXL test checkpoint lays them
+                        out; fp16 (~6.9 GB)
     clip_l_folder()     a Hugging Face CLIPModel folder with openai/clip-vit-large-patch14's configuration (fp32
                         weights, tokenizer files from ComfyUI's bundled sd1_tokenizer, preprocessor_config.json;
                         ~1.7 GB)
@@ -33,37 +36,69 @@ def _sd15_unet_config() -> dict:
                 use_temporal_attention=False, use_temporal_resblock=False)
 
 
-def sd15_checkpoint(seed: int = 0) -> Path:
-    """Full-size SD1.5 single-file checkpoint with random fp16 weights (cached under its build key)."""
+def _sdxl_unet_config() -> dict:
+    """ComfyUI's own SDXL base UNet config (comfy/model_detection.py, unet_config_from_diffusers_unet's SDXL)."""
+    return dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+                num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320,
+                num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4],
+                transformer_depth_middle=10, use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
+                transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_temporal_attention=False,
+                use_temporal_resblock=False)
+
+
+# family -> (UNet config, the test checkpoint whose full-size text encoders are reused, their key prefix)
+FULL_SIZE = {"sd15": (_sd15_unet_config, "sd1", "cond_stage_model."),
+             "sdxl": (_sdxl_unet_config, "sdxl", "conditioner.")}
+
+
+def full_size_shapes(family: str) -> dict:
+    """Key -> shape of every tensor of the full-size checkpoint, from ComfyUI's own modules built on 'meta'."""
+    from devtools import checkpoints
+
+    configure_comfy_args()
+    import torch
+
+    import comfy.ops
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    unet_config, test_family, text_prefix = FULL_SIZE[family]
+    meta = torch.device("meta")
+    unet = UNetModel(**unet_config(), device=meta, operations=comfy.ops.disable_weight_init)
+    shapes = {"model.diffusion_model." + k: v.shape for k, v in unet.state_dict().items()}
+    ddconfig = {'double_z': True, 'z_channels': 4, 'resolution': 256, 'in_channels': 3, 'out_ch': 3, 'ch': 128,
+                'ch_mult': [1, 2, 4, 4], 'num_res_blocks': 2, 'attn_resolutions': [], 'dropout': 0.0}
+    with meta:  # ComfyUI's default SD1.x / SDXL VAE architecture (comfy/sd.py)
+        vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    shapes.update({"first_stage_model." + k: v.shape for k, v in vae.state_dict().items()})
+    # the full text encoders, exactly as the test checkpoint lays them out
+    shapes.update({k: s for k, s in checkpoints._shapes(test_family).items() if k.startswith(text_prefix)})
+    return shapes
+
+
+def _full_size_checkpoint(family: str, seed: int) -> Path:
     from devtools import checkpoints
 
     def write(path: Path) -> None:
-        configure_comfy_args()
-        import torch
         from safetensors.torch import save_file
 
-        import comfy.ops
-        from comfy.ldm.models.autoencoder import AutoencoderKL
-        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-
-        meta = torch.device("meta")
-        shapes = {}
-        unet = UNetModel(**_sd15_unet_config(), device=meta, operations=comfy.ops.disable_weight_init)
-        shapes.update({"model.diffusion_model." + k: v.shape for k, v in unet.state_dict().items()})
-        ddconfig = {'double_z': True, 'z_channels': 4, 'resolution': 256, 'in_channels': 3, 'out_ch': 3, 'ch': 128,
-                    'ch_mult': [1, 2, 4, 4], 'num_res_blocks': 2, 'attn_resolutions': [], 'dropout': 0.0}
-        with meta:  # ComfyUI's default SD1.x VAE (comfy/sd.py)
-            vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
-        shapes.update({"first_stage_model." + k: v.shape for k, v in vae.state_dict().items()})
-        # the full CLIP-L text encoder, exactly as the test checkpoint lays it out
-        shapes.update({k: s for k, s in checkpoints._shapes("sd1").items() if k.startswith("cond_stage_model.")})
-        state = {k: checkpoints._tensor(seed, k, s).half() for k, s in shapes.items()}
+        state = {k: checkpoints._tensor(seed, k, s).half() for k, s in full_size_shapes(family).items()}
         save_file(state, str(path), metadata={"generator": "prompt-optim benchmarks.bench_models"})
 
     sources = [__file__, checkpoints, *(comfyui_root() / f for f in checkpoints.COMFY_SOURCES),
                comfyui_root() / "comfy/ldm/models/autoencoder.py"]
-    return cached(BENCH_DIR, f"prompt_optim_bench_sd15_full_s{seed}.safetensors", build_inputs(sources, seed=seed),
-                  write)
+    return cached(BENCH_DIR, f"prompt_optim_bench_{family}_full_s{seed}.safetensors",
+                  build_inputs(sources, seed=seed, family=family), write)
+
+
+def sd15_checkpoint(seed: int = 0) -> Path:
+    """Full-size SD1.5 single-file checkpoint with random fp16 weights (cached under its build key)."""
+    return _full_size_checkpoint("sd15", seed)
+
+
+def sdxl_checkpoint(seed: int = 0) -> Path:
+    """Full-size SDXL base single-file checkpoint with random fp16 weights (cached under its build key)."""
+    return _full_size_checkpoint("sdxl", seed)
 
 
 def checkpoint_file(model: str) -> Path:

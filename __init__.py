@@ -6,6 +6,9 @@ and ComfyUI keeps running.
 """
 import logging
 
+# web/results.js draws each node's text result (scores, rewrites, reports) on the node after a run
+WEB_DIRECTORY = "./web"
+
 try:
     import comfy_api.latest  # noqa: F401  (V3 node API, ComfyUI >= 0.3.75)
 except ImportError as error:

@@ -7,6 +7,7 @@ browser download is never used (no internet here).
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,85 @@ def browser():
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         yield browser
         browser.close()
+
+
+def open_editor(browser, comfy_server):
+    """A page with the graph editor loaded (its node types registered)."""
+    page = browser.new_page(viewport={"width": 1600, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(comfy_server.url)
+    page.wait_for_function("window.app?.graph && Object.keys(LiteGraph.registered_node_types).length > 0")
+    return page
+
+
+RESULT = "prompt_optim_result"  # the widget web/results.js adds
+XSS = '<img src=x onerror="window.__xss = 1"> a red circle'
+
+
+@pytest.mark.parametrize("name, node, expected", [
+    ("gfn_rewriter_batch", "2", "\n"),  # one rewrite per line
+    ("gradient_check", "2", "relative error"),
+])
+def test_text_result_shows_on_the_node_after_a_run(browser, comfy_server, name, node, expected):
+    """Run the workflow's text node alone from the editor; its result text appears on it, as /history has it."""
+    workflow = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    page = open_editor(browser, comfy_server)
+    earlier = set(comfy_server.get("/history"))
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    try:
+        page.evaluate("""async ([wf, keep]) => {
+            await app.loadGraphData(wf, true, true, null);
+            for (const n of [...app.graph.nodes]) {
+                const needed = keep.includes(String(n.id)) || n.outputs?.some(o => o.links?.some(l =>
+                    keep.includes(String(app.graph.links[l]?.target_id))));
+                if (!needed) app.graph.remove(n);
+            }
+            await app.queuePrompt(0, 1);
+        }""", [workflow, [node]])
+        shown, deadline, finished = "", time.monotonic() + 3 * TIMEOUT_MS / 1000, None
+        while time.monotonic() < deadline and not shown:
+            page.wait_for_timeout(1000)
+            shown = page.evaluate(f"app.graph.getNodeById({node}).widgets?.find(w => w.name === '{RESULT}')?.value")
+            if finished is None and any(node in e["outputs"] for e in comfy_server.get("/history").values()):
+                finished = time.monotonic()
+            if finished is not None and time.monotonic() - finished > 10:
+                break  # the run is over; the editor had 10 s to show it
+    finally:
+        page.close()
+    runs = [e for pid, e in comfy_server.get("/history").items() if pid not in earlier]
+    assert len(runs) == 1, f"expected one run from the editor, found {len(runs)}"
+    entry = runs[0]
+    assert "text" in entry.get("outputs", {}).get(node, {}), f"the run left no text result in /history: {entry}"
+    assert shown, f"nothing shown on the node; browser errors: {errors}"
+    assert shown == "\n".join(entry["outputs"][node]["text"])
+    assert expected in shown, shown
+
+
+def test_result_text_is_shown_as_text_never_as_html(browser, comfy_server):
+    """A shared workflow's prompt that looks like HTML is shown literally, and nothing in it runs."""
+    workflow = json.loads((ROOT / "workflows" / "score_generated_images.json").read_text())
+    page = open_editor(browser, comfy_server)
+    alerts = []
+    page.on("dialog", lambda d: (alerts.append(d.message), d.dismiss()))
+    try:
+        result = page.evaluate("""async ([wf, text, widget]) => {
+            await app.loadGraphData(wf, true, true, null);
+            const node = app.graph.nodes.find(n => n.type === "PromptOptim_ScoreImages");
+            node.onExecuted({text: [text]});  // what the editor calls with the executor's UI output
+            await new Promise(r => setTimeout(r, 500));
+            return {shown: node.widgets.find(w => w.name === widget).value, xss: window.__xss ?? 0,
+                    images: document.querySelectorAll('img[src="x"]').length,
+                    saved: app.graph.serialize().nodes.find(n => n.id === node.id).widgets_values,
+                    prompt: (await app.graphToPrompt()).output[String(node.id)].inputs};
+        }""", [workflow, XSS, RESULT])
+    finally:
+        page.close()
+    assert result["shown"] == XSS
+    assert result["xss"] == 0 and result["images"] == 0 and not alerts
+    # the result is neither saved with the workflow nor sent to the server as an input
+    assert XSS not in json.dumps(result["saved"]) and RESULT not in result["prompt"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

@@ -138,7 +138,10 @@ class IpgoOptimize(io.ComfyNode):
                                                                  "accumulation, the last ones). Use them with "
                                                                  "'IPGO Encode with Learned Tokens' or save them."),
                 io.Conditioning.Output(display_name="positive", tooltip="The first prompt with the learned tokens."),
-                io.Conditioning.Output(display_name="negative", tooltip="The matching negative (same length)."),
+                io.Conditioning.Output(display_name="negative",
+                                       tooltip="The matching negative: cut to the same length when prompt and tokens "
+                                               "fit one 77-token window (the authors' way), else ComfyUI's own "
+                                               "encoding of it."),
                 io.Image.Output(display_name="best_images", tooltip="The images of the best epoch, one per prompt."),
                 io.Image.Output(display_name="reward_curve", tooltip="Mean reward per epoch, best epoch circled."),
                 io.String.Output(display_name="report"),

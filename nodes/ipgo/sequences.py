@@ -7,6 +7,13 @@ The learned tokens go around the prompt's L states; the negative is cut to the s
 the authors do. SDXL: both encoders' states are concatenated along width (768 + 1280 = 2048) and the
 tokens live in that joint space; the pooled vector (which the tokens cannot reach, being injected after
 the encoder) stays the prompt's own.
+
+Longer prompts (and prompts whose tokens plus the learned ones exceed one window) are encoded the way
+CLIP Text Encode encodes them: ComfyUI's windows of 77, concatenated; the prompt's sequence is all of
+them with the last window's padding cut. The learned tokens still go before and after the whole
+sequence (they live in the encoder's output space, which has no window). A negative cannot be padded
+past one window, so there it is ComfyUI's own encoding of the negative, uncut; ComfyUI's sampler then
+runs it apart from the positive, as it does for any two conditionings of different lengths.
 """
 from __future__ import annotations
 
@@ -42,25 +49,25 @@ def conditioning(cross_attn: torch.Tensor, pooled: torch.Tensor | None) -> list:
 
 
 def prompt_length(clip, text: str) -> int:
-    """Tokens from BOS to EOS of `text` in the first encoder's window (ComfyUI's tokenizer, weights and
-    embedding:name included)."""
+    """States from the first BOS to the last EOS of `text` as ComfyUI encodes it (every window but the last
+    is full; the first encoder's tokenizer, weights and embedding:name included)."""
     tokens = clip.tokenize(text)
     key = sorted(tokens)[0]
     chunks = tokens[key]
-    if len(chunks) > 1:
-        raise ValueError(f"the prompt is longer than one {WINDOW}-token window; shorten it")
     end_token = getattr(clip.tokenizer, f"clip_{key}").end_token
-    for i, entry in enumerate(chunks[0]):
+    last = chunks[-1]
+    for i, entry in enumerate(last):
         token = entry[0]
         if i > 0 and isinstance(token, int) and token == end_token:
-            return i + 1
-    return len(chunks[0])
+            return WINDOW * (len(chunks) - 1) + i + 1
+    return WINDOW * len(chunks)
 
 
-def encode_window(clip, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_windows(clip, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ComfyUI's encoding of `text`: its 77-token windows concatenated, and the first window's pooled vector."""
     cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
-    if cond.shape[1] != WINDOW:
-        raise ValueError(f"the text encoder returned {cond.shape[1]} states for one window, expected {WINDOW}")
+    if cond.shape[1] % WINDOW:
+        raise ValueError(f"the text encoder returned {cond.shape[1]} states, not whole {WINDOW}-token windows")
     return cond, pooled
 
 
@@ -74,10 +81,9 @@ def _ordinary(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def encode_sequence(clip, text: str, negative_text: str, added_tokens: int) -> PromptSequence:
     length = prompt_length(clip, text)
-    if length + added_tokens > WINDOW:
-        raise ValueError(f"the prompt has {length} tokens (with BOS and EOS); with {added_tokens} learned tokens "
-                         f"that exceeds the {WINDOW}-token window. Shorten the prompt or use fewer tokens")
-    cond, pooled = encode_window(clip, text)
-    negative, negative_pooled = encode_window(clip, negative_text)
-    return PromptSequence(text, _ordinary(cond[:, :length]), _ordinary(pooled),
-                          _ordinary(negative[:, :length + added_tokens]), _ordinary(negative_pooled))
+    cond, pooled = encode_windows(clip, text)
+    negative, negative_pooled = encode_windows(clip, negative_text)
+    if negative.shape[1] == WINDOW and length + added_tokens <= WINDOW:
+        negative = negative[:, :length + added_tokens]  # the authors' negative: padded to the same length
+    return PromptSequence(text, _ordinary(cond[:, :length]), _ordinary(pooled), _ordinary(negative),
+                          _ordinary(negative_pooled))

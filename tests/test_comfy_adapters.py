@@ -1,4 +1,5 @@
 """The ComfyUI adapters, run inside a real ComfyUI (in this process) on the small SD1.x checkpoint."""
+import math
 import re
 
 import pytest
@@ -217,3 +218,74 @@ def test_rewards_read_the_prompts_plain_words(pack, typed, words):
 
     plain_words = importlib.import_module(f"{pack.package}.nodes.conditioning.prompt_words").plain_words
     assert plain_words(typed) == words
+
+
+def _saved_tensors(run):
+    """run() under a hook that records the shape and bytes of every tensor autograd saves for backward."""
+    saved = []
+
+    def pack_hook(t):
+        saved.append((tuple(t.shape), t.numel() * t.element_size()))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack_hook, lambda t: t):
+        out = run()
+    return out, saved
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d"])
+def test_cast_layers_keep_no_weight_copy_for_backward(pack, kind):
+    """ComfyUI's manual_cast layers (fp16 weights, fp32 compute): the cast weight is not kept for backward, and
+    the input's gradient is the one autograd computes through the cast copy."""
+    import importlib
+
+    import comfy.ops
+
+    from core.shared.autograd_weights import autograd_ready
+
+    recast = importlib.import_module(f"{pack.package}.nodes.comfy.recast")
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():  # as ComfyUI loads weights
+        if kind == "linear":
+            layer, shape = comfy.ops.manual_cast.Linear(64, 96, dtype=torch.float16), (3, 5, 64)
+        else:
+            layer, shape = comfy.ops.manual_cast.Conv2d(8, 16, 3, padding=1, dtype=torch.float16), (2, 8, 9, 9)
+        layer.weight = torch.nn.Parameter(torch.randn(layer.weight.shape, generator=gen).half(), requires_grad=False)
+        layer.bias = torch.nn.Parameter(torch.randn(layer.bias.shape, generator=gen).half(), requires_grad=False)
+    x = torch.randn(shape, generator=gen)
+    weight_numel = layer.weight.numel()  # the saved cast may be a view of it (Linear keeps its transpose)
+
+    def gradient(scope):
+        with torch.inference_mode(False), scope:
+            leaf = x.clone().requires_grad_(True)
+            out, saved = _saved_tensors(lambda: layer(leaf))
+            out.square().sum().backward()
+        return leaf.grad, [math.prod(s) for s, _ in saved]
+
+    plain_grad, plain_saved = gradient(autograd_ready(layer))
+    recast_grad, recast_saved = gradient(recast.differentiable(layer))
+    assert weight_numel in plain_saved, "the default path keeps the cast weight (the cost this removes)"
+    assert weight_numel not in recast_saved
+    torch.testing.assert_close(recast_grad, plain_grad, rtol=1e-6, atol=1e-6)
+    assert "forward_comfy_cast_weights" not in layer.__dict__ and layer.weight.is_inference()
+
+
+def test_text_encoder_keeps_no_cast_weights_for_backward(pack, sd1):
+    """On the CPU ComfyUI keeps CLIP-L in fp16 and computes in fp32: a differentiable encode keeps activations
+    only, not the ~0.3 GiB of fp32 casts of its Linear weights."""
+    _, clip = sd1
+    encoder = pack.comfy_text_encoder.ComfyTextEncoder(clip)
+    clip.load_model()
+    linears = [m for m in clip.cond_stage_model.modules() if isinstance(m, torch.nn.Linear)]
+    assert any(m.weight.dtype == torch.float16 for m in linears), "this test needs ComfyUI's cast path"
+    cast_bytes = sum(m.weight.numel() * 4 for m in linears)
+    token = torch.randn(1, 768, generator=torch.Generator().manual_seed(0)) * 0.05
+    with torch.inference_mode(False):
+        token.requires_grad_(True)
+        with encoder:
+            out, saved = _saved_tensors(lambda: encoder.encode(
+                "a photo of a", pack.text_encoder.LearnableTokens({"l": token})))
+            out.cross_attn.square().sum().backward()
+    total = sum(n for _, n in saved)
+    assert total < 0.25 * cast_bytes, f"saved {total / 2**20:.0f} MiB vs {cast_bytes / 2**20:.0f} MiB of casts"
+    assert token.grad is not None and token.grad.abs().sum() > 0

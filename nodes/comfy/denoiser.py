@@ -15,10 +15,11 @@ import comfy.model_sampling
 import comfy.sampler_helpers
 import comfy.samplers
 
-from ...core.shared.autograd_weights import AutogradScope, autograd_ready
+from ...core.shared.autograd_weights import AutogradScope
 from ...core.shared.conditioning import TextConditioning
 from ...core.shared.denoiser import Denoiser
 from ...core.shared.prediction import PredictionType
+from .recast import differentiable as differentiable_weights
 
 
 def prediction_type(model_sampling) -> PredictionType:
@@ -91,7 +92,7 @@ def prepared_denoiser(model_patcher, positive, latent: torch.Tensor, differentia
         conds = comfy.samplers.process_conds(inner, latent.to(device), conds, device)
         model_patcher.pre_run()
         try:
-            with (autograd_ready(inner) if differentiable else nullcontext(AutogradScope())) as scope:
+            with (differentiable_weights(inner) if differentiable else nullcontext(AutogradScope())) as scope:
                 yield ComfyDenoiser(inner, conds["positive"], model_options), scope
         finally:
             model_patcher.cleanup()

@@ -27,8 +27,8 @@ import comfy.conds
 import comfy.model_management as mm
 import comfy.samplers
 
-from ...core.shared.autograd_weights import autograd_ready
 from .errors import NodeInputError
+from .recast import differentiable
 
 log = logging.getLogger("prompt_optim.step_optimizer")
 
@@ -250,7 +250,7 @@ class StepOptimizerGuider(comfy.samplers.CFGGuider):
         with ExitStack() as stack:
             stack.enter_context(torch.inference_mode(False))
             for module in self.method.autograd_modules(self):
-                stack.enter_context(autograd_ready(module))
+                stack.enter_context(differentiable(module))
             positive, status = self.method.optimize(scheduled)
         log.info(status)
         progress_text(status)

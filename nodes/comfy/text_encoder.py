@@ -14,9 +14,9 @@ from contextlib import ExitStack, contextmanager
 import torch
 import comfy.clip_model
 
-from ...core.shared.autograd_weights import autograd_ready
 from ...core.shared.conditioning import TextConditioning
 from ...core.shared.text_encoder import LearnableTokens, TextEncoder
+from .recast import differentiable
 
 
 def _clip_layer_forward_out_of_place(self, x, mask=None, optimized_attention=None):
@@ -109,7 +109,7 @@ class ComfyTextEncoder(TextEncoder):
         self.clip.load_model()
         self._stack = ExitStack()
         model = self.clip.cond_stage_model
-        self.extra_bytes = self._stack.enter_context(autograd_ready(model)).extra_bytes
+        self.extra_bytes = self._stack.enter_context(differentiable(model)).extra_bytes
         self._stack.enter_context(out_of_place_clip_layers(model))
         return self
 

@@ -20,7 +20,7 @@ import torch
 import comfy.model_management as mm
 import comfy.samplers
 
-from ...core.shared.autograd_weights import autograd_ready
+from ..comfy.recast import differentiable
 from ..comfy.reward import ComfyReward
 from ..comfy.step_guider import combine, positive_with, skips_uncond
 from ..comfy.vae_pixels import decode_pixels
@@ -57,7 +57,7 @@ class DifferentiableTail(comfy.samplers.Sampler):
         with ExitStack() as stack:
             stack.enter_context(torch.inference_mode(False))
             for module in (inner_model, self.vae.first_stage_model, reward_model):
-                stack.enter_context(autograd_ready(module))
+                stack.enter_context(differentiable(module))
             with torch.enable_grad():
                 x = x.clone()
                 negative = guider.conds.get("negative")

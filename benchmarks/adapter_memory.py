@@ -32,10 +32,11 @@ INTRODUCTION = ("ComfyUI loads weights inside `torch.inference_mode()`; autograd
                 "the weight's storage), and puts the originals back afterwards. Only tensor subclasses (quantized "
                 "weights of other packs) are copied. Measured on the small test checkpoint, whose CLIP-L is the "
                 "real full-size SD1.x text encoder.")
-CAST_INTRODUCTION = ("ComfyUI computes some layers in another dtype than it stores them in (here the CPU keeps CLIP-L's "
-                     "Linear weights in float16 and computes in float32; fp8 checkpoints and low-VRAM loading do the "
-                     "same on a GPU). Autograd would keep every such cast weight until the backward. Bytes autograd "
-                     f"keeps for backward in one differentiable encode of {PROMPT!r} with one learnable token:")
+CAST_INTRODUCTION = ("ComfyUI computes some layers in another dtype than it stores them in (here the CPU keeps "
+                     "CLIP-L's Linear weights in float16 and computes in float32; fp8 checkpoints and low-VRAM loading "
+                     "do the same on a GPU). Autograd would keep every such cast weight until the backward. Bytes "
+                     f"autograd keeps for backward in one differentiable encode of {PROMPT!r} with one learnable "
+                     "token:")
 
 
 def rss() -> int:

@@ -161,7 +161,7 @@ def _ipgo_optimize(wf, ckpt, reward, prompts: str, epochs: int, accumulation: in
     return wf.node("PromptOptim_IPGOOptimize", [prompts, "", *sampling, *training],
                    inputs=[("model", "MODEL", ckpt, 0), ("clip", "CLIP", ckpt, 1), ("vae", "VAE", ckpt, 2),
                            ("reward", "REWARD_MODEL", reward, 0)],
-                   outputs=IPGO_OUT, pos=(400, 40), size=(380, 860), title=title)
+                   outputs=IPGO_OUT, pos=(400, 40), size=(560, 860), title=title)
 
 
 def _ipgo_compare(wf, ckpt, tokens, judge, prompt: str):
@@ -169,15 +169,15 @@ def _ipgo_compare(wf, ckpt, tokens, judge, prompt: str):
     by a reward the optimizer did not see."""
     apply = wf.node("PromptOptim_IPGOApply", [prompt, ""],
                     inputs=[("clip", "CLIP", ckpt, 1), ("tokens", "IPGO_TOKENS", tokens, 0)],
-                    outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")], pos=(840, 40),
+                    outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")], pos=(1020, 40),
                     size=(360, 200), title="Prompt + learned tokens")
     raw_pos = wf.node("CLIPTextEncode", [prompt], inputs=[("clip", "CLIP", ckpt, 1)],
-                      outputs=[("CONDITIONING", "CONDITIONING")], pos=(840, 640), size=(360, 120),
+                      outputs=[("CONDITIONING", "CONDITIONING")], pos=(1020, 640), size=(360, 120),
                       title="Raw prompt")
     raw_neg = wf.node("CLIPTextEncode", [""], inputs=[("clip", "CLIP", ckpt, 1)],
-                      outputs=[("CONDITIONING", "CONDITIONING")], pos=(840, 800), size=(360, 100),
+                      outputs=[("CONDITIONING", "CONDITIONING")], pos=(1020, 800), size=(360, 100),
                       title="Empty negative")
-    latent = wf.node("EmptyLatentImage", [SIDE, SIDE, 1], outputs=[("LATENT", "LATENT")], pos=(840, 300),
+    latent = wf.node("EmptyLatentImage", [SIDE, SIDE, 1], outputs=[("LATENT", "LATENT")], pos=(1020, 300),
                      size=(320, 110))
     sampling = [0, "fixed", 12, 7.5, "euler", "normal", 1.0]
     rows = [("ipgo", (apply, 0), (apply, 1)), ("raw", (raw_pos, 0), (raw_neg, 0))]
@@ -186,14 +186,14 @@ def _ipgo_compare(wf, ckpt, tokens, judge, prompt: str):
         sampler = wf.node("KSampler", sampling,
                           inputs=[("model", "MODEL", ckpt, 0), ("positive", "CONDITIONING", *pos),
                                   ("negative", "CONDITIONING", *neg), ("latent_image", "LATENT", latent, 0)],
-                          outputs=[("LATENT", "LATENT")], pos=(1240, y), size=(320, 270), title=f"{name} (same seed)")
+                          outputs=[("LATENT", "LATENT")], pos=(1420, y), size=(320, 270), title=f"{name} (same seed)")
         decode = wf.node("VAEDecode", [], inputs=[("samples", "LATENT", sampler, 0), ("vae", "VAE", ckpt, 2)],
-                         outputs=[("IMAGE", "IMAGE")], pos=(1600, y), size=(210, 50))
+                         outputs=[("IMAGE", "IMAGE")], pos=(1780, y), size=(210, 50))
         wf.node("PromptOptim_ScoreImages", [prompt, False, 0],
                 inputs=[("images", "IMAGE", decode, 0), ("reward", "REWARD_MODEL", judge, 0)],
-                outputs=SCORE_OUT, pos=(1600, y + 100), size=(400, 280), title=f"{name}: held-out reward")
+                outputs=SCORE_OUT, pos=(1780, y + 100), size=(400, 280), title=f"{name}: held-out reward")
         wf.node("SaveImage", [f"prompt_optim/ipgo_{name}"], inputs=[("images", "IMAGE", decode, 0)],
-                pos=(2040, y), size=(400, 420))
+                pos=(2220, y), size=(400, 420))
 
 
 def _ipgo_common():
@@ -210,10 +210,10 @@ def _ipgo_common():
 def _ipgo_outputs(wf, optimize, name: str):
     wf.node("PreviewImage", [], inputs=[("images", "IMAGE", optimize, 4)], pos=(400, 940), size=(400, 300),
             title="Reward per epoch")
-    wf.node("PreviewImage", [], inputs=[("images", "IMAGE", optimize, 3)], pos=(840, 940), size=(400, 300),
+    wf.node("PreviewImage", [], inputs=[("images", "IMAGE", optimize, 3)], pos=(1020, 940), size=(400, 300),
             title="Kept epoch's images")
     wf.node("PromptOptim_SaveIPGOTokens", [name], inputs=[("tokens", "IPGO_TOKENS", optimize, 0)],
-            outputs=[("file", "STRING")], pos=(1280, 1120), size=(320, 100))
+            outputs=[("file", "STRING")], pos=(1460, 1120), size=(320, 100))
 
 
 def ipgo_prompt_wise() -> UIWorkflow:
@@ -249,30 +249,30 @@ def gfn_rewriter_batch() -> UIWorkflow:
     rewriter = wf.node("PromptOptim_GFlowNetRewriter",
                        [LAB_REWRITERS["gfn"], REWRITER_PROMPT, REWRITES, "diverse_beam_search", 0, "fixed", 1.0,
                         1.0, MIN_NEW, MAX_NEW, 1.0, TEMPLATE, "fp32", -1.0, False],
-                       outputs=[("rewrites", "STRING"), ("text", "STRING")], pos=(40, 460), size=(360, 520),
+                       outputs=[("rewrites", "STRING"), ("text", "STRING")], pos=(40, 460), size=(430, 520),
                        title="GFlowNet rewriter (lab policy: 3-12 new tokens; paper: 15-75)")
     pos = wf.node("CLIPTextEncode", [""], inputs=[("text", "STRING", rewriter, 0), ("clip", "CLIP", ckpt, 1)],
-                  outputs=[("CONDITIONING", "CONDITIONING")], pos=(440, 60), size=(400, 160),
+                  outputs=[("CONDITIONING", "CONDITIONING")], pos=(520, 60), size=(400, 160),
                   title="One encoding per rewrite")
     wf.nodes[pos - 1]["inputs"][0]["widget"] = {"name": "text"}  # a widget fed by a link, as the editor saves it
     neg = wf.node("CLIPTextEncode", [NEGATIVE], inputs=[("clip", "CLIP", ckpt, 1)],
-                  outputs=[("CONDITIONING", "CONDITIONING")], pos=(440, 280), size=(400, 160), title="Negative prompt")
-    latent = wf.node("EmptyLatentImage", [SIDE, SIDE, 1], outputs=[("LATENT", "LATENT")], pos=(440, 500),
+                  outputs=[("CONDITIONING", "CONDITIONING")], pos=(520, 280), size=(400, 160), title="Negative prompt")
+    latent = wf.node("EmptyLatentImage", [SIDE, SIDE, 1], outputs=[("LATENT", "LATENT")], pos=(520, 500),
                      size=(320, 110))
     sampler = wf.node("KSampler", [42, "fixed", 12, 7.5, "euler", "normal", 1.0],
                       inputs=[("model", "MODEL", ckpt, 0), ("positive", "CONDITIONING", pos, 0),
                               ("negative", "CONDITIONING", neg, 0), ("latent_image", "LATENT", latent, 0)],
-                      outputs=[("LATENT", "LATENT")], pos=(880, 200), size=(320, 270), title="Once per rewrite")
+                      outputs=[("LATENT", "LATENT")], pos=(960, 200), size=(320, 270), title="Once per rewrite")
     decode = wf.node("VAEDecode", [], inputs=[("samples", "LATENT", sampler, 0), ("vae", "VAE", ckpt, 2)],
-                     outputs=[("IMAGE", "IMAGE")], pos=(1240, 200), size=(210, 50))
+                     outputs=[("IMAGE", "IMAGE")], pos=(1320, 200), size=(210, 50))
     batch = wf.node("RebatchImages", [REWRITES], inputs=[("images", "IMAGE", decode, 0)],
-                    outputs=[("IMAGE", "IMAGE")], pos=(1240, 300), size=(240, 80), title="List -> one batch")
+                    outputs=[("IMAGE", "IMAGE")], pos=(1320, 300), size=(240, 80), title="List -> one batch")
     reward = wf.node("PromptOptim_LoadRewardModel", ["clip", LAB_CLIP, "none", "", "auto"],
-                     outputs=REWARD_OUT, pos=(880, 560), size=(360, 160))
+                     outputs=REWARD_OUT, pos=(960, 560), size=(360, 160))
     score = wf.node("PromptOptim_ScoreImages", [REWRITER_PROMPT, False, 0],
                     inputs=[("images", "IMAGE", batch, 0), ("reward", "REWARD_MODEL", reward, 0)],
-                    outputs=SCORE_OUT, pos=(1520, 200), size=(400, 360), title="Scored against the original prompt")
-    wf.node("SaveImage", ["prompt_optim/gfn_rewriter"], inputs=[("images", "IMAGE", score, 0)], pos=(1960, 200),
+                    outputs=SCORE_OUT, pos=(1600, 200), size=(400, 360), title="Scored against the original prompt")
+    wf.node("SaveImage", ["prompt_optim/gfn_rewriter"], inputs=[("images", "IMAGE", score, 0)], pos=(2040, 200),
             size=(400, 420))
     return wf
 

@@ -1,10 +1,12 @@
 """The main job: run every workflow in workflows/ in a real headless ComfyUI and write the images.
 
-    python -m devtools.run_workflows [--ckpt FILE] [--output DIR] [--workflows DIR]
+    python -m devtools.run_workflows [--ckpt FILE] [--output DIR] [--workflows DIR] [--thumbnails]
 
 Uses the embedded default model (the lab's SD1.x model, trained on a world of shapes: lab/README.md)
 at its native 64 px unless --ckpt or $CKPT names the user's own checkpoint file; every
 CheckpointLoaderSimple in the workflows is pointed at it, and the workflows' own sizes (512) are kept.
+--thumbnails writes each workflow's card for ComfyUI's template browser (workflows/<name>.jpg) from the
+images it made (the committed cards come from the embedded model).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from devtools.workflow_format import ui_to_api
 
 
 LAB_SIDE = 64  # the lab model's training resolution
+THUMBNAIL_SIDE = 256
 SIZED_NODES = ("EmptyLatentImage", "PromptOptim_IPGOOptimize")  # nodes with width / height inputs
 
 
@@ -42,12 +45,30 @@ def load_graphs(workflow_dir: Path, object_info: dict, ckpt_name: str, side: int
             for path in sorted(Path(workflow_dir).glob("*.json"))}
 
 
+def write_thumbnail(images: list[Path], path: Path, side: int = THUMBNAIL_SIDE) -> Path:
+    """A square JPEG card: the workflow's first images (up to 4, in a 2 x 2 grid when there are several)."""
+    from PIL import Image, ImageOps
+
+    shown = [Image.open(f).convert("RGB") for f in images[:4]]
+    card = Image.new("RGB", (side, side), "white")
+    cells = 1 if len(shown) == 1 else 2
+    cell = side // cells
+    for i, image in enumerate(shown):
+        image = ImageOps.contain(image, (cell, cell), Image.Resampling.LANCZOS)
+        x, y = (i % cells) * cell + (cell - image.width) // 2, (i // cells) * cell + (cell - image.height) // 2
+        card.paste(image, (x, y))
+    card.save(path, "JPEG", quality=85)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", type=Path, default=os.environ.get("CKPT") or None,
                     help="checkpoint file to use instead of the embedded default model")
     ap.add_argument("--output", type=Path, default=PACK_ROOT / "output")
     ap.add_argument("--workflows", type=Path, default=PACK_ROOT / "workflows")
+    ap.add_argument("--thumbnails", action="store_true",
+                    help="write <workflow>.jpg beside each workflow from its images (the template browser's cards)")
     args = ap.parse_args(argv)
 
     from lab.checkpoint import lab_checkpoint_path, lab_reward_folder, lab_rewriter_folders
@@ -83,6 +104,8 @@ def main(argv=None) -> int:
             print(f"{name}: {len(files)} image(s) in {time.time() - started:.1f}s")
             for f in files:
                 print(f"  {f}")
+            if args.thumbnails and files:
+                print(f"  thumbnail {write_thumbnail(files, args.workflows / f'{name}.jpg')}")
     print(f"images are in {args.output.resolve()}")
     return 1 if failures else 0
 

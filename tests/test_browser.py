@@ -38,6 +38,11 @@ def browser():
         browser.close()
 
 
+def _overlap(a, b) -> bool:
+    """Whether two [x, y, width, height] boxes share any area."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
 def open_editor(browser, comfy_server):
     """A page with the graph editor loaded (its node types registered)."""
     page = browser.new_page(viewport={"width": 1600, "height": 900})
@@ -165,6 +170,9 @@ def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
             app.canvas.setDirty(true, true);
         }""")
         page.wait_for_timeout(200)  # one redraw
+        # [x, y, width, height] of each node as the editor has drawn it (title bar included; drawing grows a
+        # node to fit its widgets)
+        boxes = page.evaluate("() => app.graph.nodes.map(n => [n.id, n.title, ...Array.from(n.boundingRect)])")
         page.screenshot(path=tmp_path / f"{path.stem}.png")
     finally:
         page.close()
@@ -176,6 +184,9 @@ def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
     assert not result["unregistered"], f"node types missing in the editor: {result['unregistered']}"
     assert not result["bad_choices"], f"values not among the choices: {result['bad_choices']}"
     assert not dialogs, f"dialogs after loading: {dialogs}"
+    overlaps = [f"{a[1]} ({a[0]}) {[round(v) for v in a[2:]]} and {b[1]} ({b[0]}) {[round(v) for v in b[2:]]}"
+                for i, a in enumerate(boxes) for b in boxes[i + 1:] if _overlap(a[2:], b[2:])]
+    assert not overlaps, f"nodes drawn over each other: {overlaps}"
     # Start-up asks for optional user files (user.css, saved workflows, templates) that a fresh
     # profile lacks; those 404s may arrive while the workflow loads. Any other 404 is an error.
     missing = [url for url in missing if "/api/userdata" not in url and not url.endswith("/user.css")]

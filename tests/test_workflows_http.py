@@ -229,3 +229,15 @@ def check_ipgo(server, events, graph: dict, entry: dict, node_id: str):
         assert diff.max() <= 2, f"apply + KSampler differs from the optimizer's kept image by {diff.max()} levels"
     else:
         assert apply_text not in prompts, "batch-wise: the tokens are applied to a prompt they were not trained on"
+
+
+def test_every_template_has_a_thumbnail():
+    """ComfyUI's template browser shows workflows/<name>.jpg on each template's card (made by
+    `bash scripts/demo.sh --thumbnails` from the demo's own images)."""
+    for path in WORKFLOWS:
+        card = path.with_suffix(".jpg")
+        assert card.is_file(), f"{card.name} is missing"
+        with Image.open(card) as image:
+            assert image.format == "JPEG" and image.size == (256, 256), card.name
+            assert len(set(image.convert("L").getdata())) > 8, f"{card.name} is blank"
+        assert card.stat().st_size < 60_000, f"{card.name}: keep cards small"

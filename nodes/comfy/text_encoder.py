@@ -1,10 +1,11 @@
 """core.TextEncoder over a ComfyUI CLIP object, differentiable w.r.t. spliced token embeddings.
 
 Learnable vectors travel the same way `embedding:name` textual inversions do: as tensor entries in
-ComfyUI's token lists, which comfy/sd1_clip.py splices into the input embeddings. Two things make the
-encoder differentiable for the duration of a `with` block and are undone afterwards: ordinary views
-of the inference-mode weights (core.shared.autograd_weights, no copy) and an out-of-place forward for CLIP layers,
-whose stock forward adds residuals in place (which autograd cannot differentiate).
+ComfyUI's token lists, which comfy/sd1_clip.py splices into the input embeddings. What makes the
+encoder differentiable for the duration of a `with` block is undone afterwards: ordinary views of the
+inference-mode weights and casts redone in backward (nodes/comfy/recast.py: no weight copy kept), and an
+out-of-place forward for CLIP layers, whose stock forward adds residuals in place (which autograd cannot
+differentiate).
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def splice(chunks: list, vectors: torch.Tensor, position: str, start_token: int,
 
 
 class ComfyTextEncoder(TextEncoder):
-    """Use as a context manager around a block of differentiable encodes (weights made autograd-ready once per block)."""
+    """Use as a context manager around a block of differentiable encodes (weights made autograd-ready once
+    per block)."""
 
     def __init__(self, clip):
         self.clip = clip

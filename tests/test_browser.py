@@ -82,7 +82,8 @@ def test_text_result_shows_on_the_node_after_a_run(browser, comfy_server, name, 
         while time.monotonic() < deadline and not shown:
             page.wait_for_timeout(1000)
             shown = page.evaluate(f"app.graph.getNodeById({node}).widgets?.find(w => w.name === '{RESULT}')?.value")
-            if finished is None and any(node in e["outputs"] for e in comfy_server.get("/history").values()):
+            if finished is None and any(node in e["outputs"] for pid, e in comfy_server.get("/history").items()
+                                        if pid not in earlier):
                 finished = time.monotonic()
             if finished is not None and time.monotonic() - finished > 10:
                 break  # the run is over; the editor had 10 s to show it
@@ -170,8 +171,8 @@ def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
             app.canvas.setDirty(true, true);
         }""")
         page.wait_for_timeout(200)  # one redraw
-        # [x, y, width, height] of each node as the editor has drawn it (title bar included; drawing grows a
-        # node to fit its widgets)
+        # [x, y, width, height] of each node as the editor has drawn it (title bar included; drawing widens a
+        # node to its title)
         boxes = page.evaluate("() => app.graph.nodes.map(n => [n.id, n.title, ...Array.from(n.boundingRect)])")
         page.screenshot(path=tmp_path / f"{path.stem}.png")
     finally:

@@ -74,14 +74,15 @@ def saved_for_backward(encoder, text_encoder_module, token: torch.Tensor) -> int
     return sum(saved)
 
 
-def cast_rows(package: str, clip) -> list[dict]:
+def cast_rows(clip) -> list[dict]:
     """A differentiable CLIP-L encode through the pack's adapter, with and without recasting in backward."""
-    import importlib
     from contextlib import contextmanager
 
-    recast = importlib.import_module(f"{package}.nodes.comfy.recast")
-    adapter = importlib.import_module(f"{package}.nodes.comfy.text_encoder")
-    shared_text = importlib.import_module(f"{package}.core.shared.text_encoder")
+    from devtools.inprocess import pack_module
+
+    recast = pack_module("nodes.comfy.recast")
+    adapter = pack_module("nodes.comfy.text_encoder")
+    shared_text = pack_module("core.shared.text_encoder")
     encoder = adapter.ComfyTextEncoder(clip)
     linears = [m for m in clip.cond_stage_model.modules() if isinstance(m, torch.nn.Linear)]
     cast = [m for m in linears if m.weight.dtype != torch.float32]
@@ -112,7 +113,6 @@ def main():
     from benchmarks.comfy_run import ComfyBench
 
     bench = ComfyBench("adapter_memory_", [checkpoint_path("sd1")])  # this pack loaded, as ComfyUI loads it
-    package = next(name for name in sys.modules if name.endswith(os.sep + "custom_nodes" + os.sep + "prompt-optim"))
     import comfy.sd
 
     from core.shared.autograd_weights import autograd_ready
@@ -130,7 +130,7 @@ def main():
         dtypes = sorted({str(p.dtype).replace("torch.", "") for p in module.parameters()})
         rows.append(dict(name=name, params=params, dtype="/".join(dtypes), extra=scope.extra_bytes,
                          shared=scope.aliased_bytes, grown=grown, device=next(module.parameters()).device.type))
-    casts = cast_rows(package, clip)
+    casts = cast_rows(clip)
     bench.close()
     body = [INTRODUCTION, "",
             "| weights | parameters | stored as | shared in place | copied | process RSS growth |",

@@ -25,7 +25,7 @@ Protocol: one child process per family (a fresh CUDA context); in it each config
 sampler node's (IPGO: the optimize node's) own seconds from the executor's events; the ratio divides by
 plain's. Peak: CUDA max allocated over the timed runs (reset before them; the resident models included);
 on the CPU the highest resident set size sampled every 5 ms over them. In each child, a probe opens the
-autograd scope (core/shared/autograd_weights.py) on the loaded UNet and reports the bytes it copied and
+autograd scope the methods use (nodes/comfy/recast.py) on the loaded UNet and reports the bytes it copied and
 how much allocated memory grew (the weights should be shared, not copied).
 
 --smoke runs every configuration on the small test SD1 checkpoint at 64², 10 steps, with the tiny test CLIP
@@ -95,9 +95,8 @@ def model_files(args, family: Family) -> tuple[Path, Path]:
 def graph_for(name: str, family: Family, ckpt: str, reward: str, sampler: str, scheduler: str, seed: int) -> dict:
     """The graph of one configuration; the timed node is SAMPLER_NODE, or IPGO_NODE for ipgo_epoch."""
     from benchmarks.date_cost import date_graph
-    from benchmarks.ipgo_cost import PAPER as IPGO_PAPER
     from benchmarks.ipgo_cost import ipgo_graph
-    from benchmarks.minority_cost import PAPER_SETTINGS, minority_graph
+    from benchmarks.minority_cost import minority_graph
 
     settings = SimpleNamespace(steps=family.steps, cfg=CFG, size=family.size)
     if name == "plain":
@@ -106,10 +105,8 @@ def graph_for(name: str, family: Family, ckpt: str, reward: str, sampler: str, s
         every = name.split("_")[1]
         return date_graph(settings, dict(every=every, scale="1.0"), ckpt, reward, sampler, scheduler, seed)
     if name.startswith("minority"):
-        assert PAPER_SETTINGS["gradient_checkpointing"] is False
         return minority_graph(settings, dict(minority=True, checkpointing=name == "minority_ckpt"), ckpt, sampler,
                               scheduler, seed)
-    assert IPGO_PAPER["prefix_tokens"] == 10
     return ipgo_graph(settings, dict(last_steps=2), ckpt, reward, sampler, scheduler, seed, epochs=1)
 
 
@@ -155,12 +152,13 @@ class PeakMemory:
 
 
 def autograd_probe(bench: ComfyBench) -> dict:
-    """Open the autograd scope on the loaded UNet: bytes copied, bytes shared, growth of allocated memory."""
+    """Open the methods' autograd scope (nodes/comfy/recast.py `differentiable`) on the loaded UNet: bytes copied,
+    bytes shared, growth of allocated memory."""
     import psutil
     import torch
 
     import comfy.model_management as mm
-    from core.shared.autograd_weights import autograd_ready
+    from devtools.inprocess import pack_module
 
     patcher = bench.outputs("ckpt")[0][0]
     mm.load_models_gpu([patcher])
@@ -169,7 +167,7 @@ def autograd_probe(bench: ComfyBench) -> dict:
         return torch.cuda.memory_allocated() if bench.cuda else psutil.Process().memory_info().rss
 
     before = allocated()
-    with torch.inference_mode(False), autograd_ready(patcher.model) as scope:
+    with torch.inference_mode(False), pack_module("nodes.comfy.recast").differentiable(patcher.model) as scope:
         grown = allocated() - before
     return dict(copied=scope.extra_bytes, shared=scope.aliased_bytes, grown=grown)
 

@@ -5,6 +5,7 @@ ComfyUI keeps global registries, so one process hosts one ComfyUI: call `start` 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import importlib.abc
 import importlib.util
 import logging
@@ -37,6 +38,16 @@ class _SharedCore(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module):
         pass  # already executed under its own name
+
+
+def pack_package() -> str:
+    """The package name ComfyUI gave this pack when it loaded it (its folder path, `.../custom_nodes/prompt-optim`)."""
+    return next(name for name in sys.modules if name.endswith(os.sep + "custom_nodes" + os.sep + PACK_NAME))
+
+
+def pack_module(name: str):
+    """A module of the pack as ComfyUI loaded it, e.g. pack_module("nodes.comfy.recast")."""
+    return importlib.import_module(f"{pack_package()}.{name}")
 
 
 class EventLog:

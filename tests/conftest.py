@@ -138,8 +138,9 @@ def pack(comfy):
     import importlib
     import types
 
-    # ComfyUI registers a pack under its folder path (dots escaped) as the package name.
-    package = next(name for name in sys.modules if name.endswith(os.sep + "custom_nodes" + os.sep + "prompt-optim"))
+    from devtools.inprocess import pack_package  # ComfyUI names the pack's package by its folder path
+
+    package = pack_package()
     # attribute -> module: the names the tests use
     modules = {"prediction": "core.shared.prediction", "text_encoder": "core.shared.text_encoder",
                "conditioning": "core.shared.conditioning", "comfy_text_encoder": "nodes.comfy.text_encoder",

@@ -1,15 +1,12 @@
 """Core settings errors name the node's input by the error's field, not by reading the message."""
-import importlib
-import os
-import sys
-
 import pytest
 
 
 @pytest.fixture(scope="module")
 def loaded(comfy):
-    package = next(name for name in sys.modules if name.endswith(os.sep + "custom_nodes" + os.sep + "prompt-optim"))
-    return lambda name: importlib.import_module(f"{package}.{name}")
+    from devtools.inprocess import pack_module
+
+    return pack_module
 
 
 @pytest.mark.parametrize("module, settings_class, error_class, values, node_module, input_name, words", [

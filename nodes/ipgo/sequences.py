@@ -48,10 +48,9 @@ def conditioning(cross_attn: torch.Tensor, pooled: torch.Tensor | None) -> list:
     return [[cross_attn, extra]]
 
 
-def prompt_length(clip, text: str) -> int:
-    """States from the first BOS to the last EOS of `text` as ComfyUI encodes it (every window but the last
-    is full; the first encoder's tokenizer, weights and embedding:name included)."""
-    tokens = clip.tokenize(text)
+def prompt_length(clip, tokens: dict) -> int:
+    """States from the first BOS to the last EOS of a prompt's ComfyUI tokens (every window but the last is full;
+    the first encoder's tokenizer, weights and embedding:name included)."""
     key = sorted(tokens)[0]
     chunks = tokens[key]
     end_token = getattr(clip.tokenizer, f"clip_{key}").end_token
@@ -63,9 +62,10 @@ def prompt_length(clip, text: str) -> int:
     return WINDOW * len(chunks)
 
 
-def encode_windows(clip, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """ComfyUI's encoding of `text`: its 77-token windows concatenated, and the first window's pooled vector."""
-    cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+def encode_windows(clip, tokens: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ComfyUI's encoding of a prompt's tokens: its 77-token windows concatenated, and the first window's pooled
+    vector."""
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
     if cond.shape[1] % WINDOW:
         raise ValueError(f"the text encoder returned {cond.shape[1]} states, not whole {WINDOW}-token windows")
     return cond, pooled
@@ -80,9 +80,10 @@ def _ordinary(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def encode_sequence(clip, text: str, negative_text: str, added_tokens: int) -> PromptSequence:
-    length = prompt_length(clip, text)
-    cond, pooled = encode_windows(clip, text)
-    negative, negative_pooled = encode_windows(clip, negative_text)
+    tokens = clip.tokenize(text)
+    length = prompt_length(clip, tokens)
+    cond, pooled = encode_windows(clip, tokens)
+    negative, negative_pooled = encode_windows(clip, clip.tokenize(negative_text))
     if negative.shape[1] == WINDOW and length + added_tokens <= WINDOW:
         negative = negative[:, :length + added_tokens]  # the authors' negative: padded to the same length
     return PromptSequence(text, _ordinary(cond[:, :length]), _ordinary(pooled), _ordinary(negative),

@@ -16,7 +16,7 @@ import comfy.model_patcher
 import comfy.utils
 
 from ...core.gfn_rewriter.policy_folder import LAYOUT, PolicyFolderError, load_policy
-from ...core.gfn_rewriter.rewrite import MODES, RewriteSettings, rewrite
+from ...core.gfn_rewriter.rewrite import MODES, UNIQUE_TRIES, RewriteSettings, rewrite
 from ...core.gfn_rewriter.trajectories import DEFAULT_TEMPLATE
 from ...core.shared.settings_error import SettingsError
 from ..comfy.errors import NodeInputError, require_prompt, settings_input_error
@@ -108,8 +108,8 @@ class GFlowNetRewriter(io.ComfyNode):
                 io.Boolean.Input("unique", default=False, optional=True,
                                  tooltip="Off (the authors' evaluation): two rewrites can read the same (a policy "
                                          "that is sure of one rewrite repeats it). On: duplicates are dropped and "
-                                         "more drawn, up to 4 x count tries; the node says when fewer distinct "
-                                         "rewrites exist."),
+                                         f"more drawn, up to {UNIQUE_TRIES} x count tries; the node says when fewer "
+                                         "distinct rewrites exist."),
             ],
             outputs=[
                 io.String.Output(display_name="rewrites", is_output_list=True,

@@ -40,3 +40,31 @@ def nan_latent_file(size: int = 64) -> str:
     safetensors.torch.save_file({"latent_tensor": latent, "latent_format_version_0": torch.tensor([])},
                                 os.path.join(folder_paths.get_input_directory(), name))
     return name
+
+
+# a node that showed every setting -> (its compact node, its options node); the options node's inputs come
+# from its schema, so a graph written for the first node converts without listing them again
+COMPACT_NODES = {
+    "PromptOptim_MinorityGuider": ("PromptOptim_MinorityGuiderV2", "PromptOptim_MinorityOptions"),
+    "PromptOptim_MinoritySampler": ("PromptOptim_MinoritySamplerV2", "PromptOptim_MinorityOptions"),
+    "PromptOptim_DATEGuider": ("PromptOptim_DATEGuiderV2", "PromptOptim_DATEOptions"),
+    "PromptOptim_DATESampler": ("PromptOptim_DATESamplerV2", "PromptOptim_DATEOptions"),
+    "PromptOptim_IPGOOptimize": ("PromptOptim_IPGOOptimizeV2", "PromptOptim_IPGOOptions"),
+}
+
+
+def with_options_node(graph: dict, node_id: str, node_classes: dict, connect: bool = True) -> dict:
+    """A copy of `graph` whose node `node_id` (one that shows every setting) is its compact node, with the
+    settings its options node holds moved there (node id `<node_id>_options`). `connect=False` drops them
+    instead: the compact node then runs on the options' defaults."""
+    graph = {k: {**v, "inputs": dict(v["inputs"])} for k, v in graph.items()}
+    node = graph[node_id]
+    compact, options_class = COMPACT_NODES[node["class_type"]]
+    declared = node_classes[options_class].INPUT_TYPES()
+    names = {*declared.get("required", {}), *declared.get("optional", {})}
+    moved = {k: node["inputs"].pop(k) for k in list(node["inputs"]) if k in names}
+    node["class_type"] = compact
+    if connect:
+        graph[f"{node_id}_options"] = {"class_type": options_class, "inputs": moved}
+        node["inputs"]["options"] = [f"{node_id}_options", 0]
+    return graph

@@ -6,6 +6,10 @@ a user swaps one for the other), the same noise for a seed (comfy.sample.prepare
 honoured) and the same sigmas (comfy.samplers.KSampler with denoise), the latent's noise mask passed on,
 and the output latent as KSampler returns it. A method supplies only what differs: its settings inputs,
 how it builds its guider, its queue-time check, and how its KSampler reports (progress and outputs).
+
+With `options` (method_options.MethodOptions) the nodes are compact: the rarely changed settings come from
+the method's options node through an optional `options` input. `compact=False` makes the earlier nodes
+that show every setting, kept deprecated for saved workflows.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import comfy.samplers
 import comfy.utils
 from comfy_api.latest import io
 
+from .errors import NodeInputError
+from .method_options import MethodOptions, reads_only
 from .step_guider import check_finite_latent
 
 LATENT_HELP = "The latent to denoise (Empty Latent Image for txt2img)."
@@ -72,24 +78,42 @@ class GuidedMethodFace:
     build_guider: Callable[..., Any]
     validate_inputs: Callable[..., bool | str]
     sample: Callable[..., tuple]
+    options: MethodOptions | None = None
 
-    def guider_schema(self, *, node_id: str, display_name: str, description: str) -> io.Schema:
+    def settings(self, compact: bool) -> list:
+        """The settings inputs a node shows: all of them, or (compact) the shown ones and the options socket."""
+        if not compact or self.options is None:
+            return self.settings_inputs()
+        return [*self.options.shown(), self.options.socket_input()]
+
+    def guider_schema(self, *, node_id: str, display_name: str, description: str, compact: bool) -> io.Schema:
         return io.Schema(
             node_id=node_id, display_name=display_name, category=self.category, description=description,
             inputs=[*guider_inputs(model_help=self.model_help, cfg_default=self.cfg_default, cfg_help=self.cfg_help,
                                    positive_help=self.positive_help, negative_help=self.negative_help),
-                    *self.settings_inputs()],
-            outputs=[io.Guider.Output()])
+                    *self.settings(compact)],
+            outputs=[io.Guider.Output()], is_deprecated=not compact and self.options is not None)
 
     def ksampler_schema(self, *, node_id: str, display_name: str, description: str, seed_help: str,
-                        steps_help: str, outputs: list) -> io.Schema:
+                        steps_help: str, outputs: list, compact: bool) -> io.Schema:
         return io.Schema(
             node_id=node_id, display_name=display_name, category=self.category, description=description,
             inputs=[*ksampler_inputs(model_help=self.model_help, seed_help=seed_help, steps_help=steps_help,
                                      cfg_default=self.cfg_default, cfg_help=self.cfg_help,
                                      positive_help=self.positive_help, negative_help=self.negative_help),
-                    *self.settings_inputs()],
-            outputs=outputs)
+                    *self.settings(compact)],
+            outputs=outputs, is_deprecated=not compact and self.options is not None)
+
+    def build(self, node: str, model, positive, negative, cfg, settings: dict, compact: bool):
+        """The guider, with a compact node's options merged over their defaults."""
+        if not compact or self.options is None:
+            return self.build_guider(node, model, positive, negative, cfg, **settings)
+        shown = dict(settings)
+        values = self.options.resolve(node, shown.pop("options", None)) | shown
+        try:
+            return self.build_guider(node, model, positive, negative, cfg, **values)
+        except NodeInputError as e:
+            raise self.options.blame(e) from None
 
 
 def ksampler_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise: float):
@@ -113,40 +137,43 @@ def sample_like_ksampler(guider, model, seed: int, sampler_name: str, sigmas, la
 
 
 def _node_class(class_name: str, display_name: str, description: str, face: GuidedMethodFace, define_schema,
-                execute) -> type:
+                execute, compact: bool) -> type:
     # DISPLAY_NAME: the name errors speak of (the face's validate_inputs reads it from the class); the class
     # lives in the method's own nodes module, as if written there
-    return type(class_name, (io.ComfyNode,), {
-        "__module__": face.build_guider.__module__, "__doc__": description, "DISPLAY_NAME": display_name,
-        "define_schema": classmethod(define_schema), "validate_inputs": classmethod(face.validate_inputs),
-        "execute": classmethod(execute)})
+    attributes = {"__module__": face.build_guider.__module__, "__doc__": description, "DISPLAY_NAME": display_name,
+                  "define_schema": classmethod(define_schema), "execute": classmethod(execute)}
+    on_options_node = compact and face.options is not None and reads_only(face.validate_inputs, face.options.names)
+    if not on_options_node:
+        attributes["validate_inputs"] = classmethod(face.validate_inputs)
+    return type(class_name, (io.ComfyNode,), attributes)
 
 
 def guider_node(face: GuidedMethodFace, class_name: str, *, node_id: str, display_name: str,
-                description: str) -> type:
+                description: str, compact: bool = True) -> type:
     """The method's GUIDER node, for SamplerCustomAdvanced."""
     def define_schema(cls) -> io.Schema:
-        return face.guider_schema(node_id=node_id, display_name=display_name, description=description)
+        return face.guider_schema(node_id=node_id, display_name=display_name, description=description,
+                                  compact=compact)
 
     def execute(cls, model, positive, negative, cfg, **settings) -> io.NodeOutput:
-        return io.NodeOutput(face.build_guider(display_name, model, positive, negative, cfg, **settings))
+        return io.NodeOutput(face.build(display_name, model, positive, negative, cfg, settings, compact))
 
-    return _node_class(class_name, display_name, description, face, define_schema, execute)
+    return _node_class(class_name, display_name, description, face, define_schema, execute, compact)
 
 
 def ksampler_node(face: GuidedMethodFace, class_name: str, *, node_id: str, display_name: str, description: str,
-                  seed_help: str, steps_help: str, outputs: Callable[[], list]) -> type:
+                  seed_help: str, steps_help: str, outputs: Callable[[], list], compact: bool = True) -> type:
     """The method's KSampler node: KSampler's noise and sigmas, then the method's guider. `outputs` makes
     the node's outputs (fresh objects for each schema, as the inputs are)."""
     def define_schema(cls) -> io.Schema:
         return face.ksampler_schema(node_id=node_id, display_name=display_name, description=description,
-                                    seed_help=seed_help, steps_help=steps_help, outputs=outputs())
+                                    seed_help=seed_help, steps_help=steps_help, outputs=outputs(), compact=compact)
 
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 **settings) -> io.NodeOutput:
-        guider = face.build_guider(display_name, model, positive, negative, cfg, **settings)
+        guider = face.build(display_name, model, positive, negative, cfg, settings, compact)
         check_finite_latent(display_name, "input 'latent_image'", latent_image["samples"], guider.method.name)
         sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
         return io.NodeOutput(*face.sample(guider, model, seed, sampler_name, sigmas, latent_image))
 
-    return _node_class(class_name, display_name, description, face, define_schema, execute)
+    return _node_class(class_name, display_name, description, face, define_schema, execute, compact)

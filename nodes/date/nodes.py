@@ -8,7 +8,8 @@ from ...core.date.update import RULES, SCHEDULES, DateSettings, DateSettingsErro
 from ..comfy.errors import NodeInputError, settings_input_error
 from ..comfy.guided_method import GuidedMethodFace, guider_node, ksampler_node, sample_like_ksampler
 from ..comfy.model_family import model_family
-from ..comfy.socket_types import RewardModel
+from ..comfy.method_options import MethodOptions
+from ..comfy.socket_types import DateOptions, RewardModel
 from ..comfy.step_guider import StepOptimizerGuider, single_positive
 from ..comfy.validation import queued_check
 from ..conditioning.keep_text import ENCODE_NODE, stored_prompt
@@ -120,25 +121,44 @@ def sample(guider, model, seed, sampler_name, sigmas, latent_image) -> tuple:
     return out, guider.last_run.report(guider.method.reward.label)
 
 
+OPTIONS = MethodOptions(
+    socket=DateOptions, node_id="PromptOptim_DATEOptions", display_name="DATE Options", category=CATEGORY,
+    all_inputs=_date_inputs,
+    names=("rule", "schedule", "schedule_value", "iterations", "prior_weight", "decode_scale", "reward_prompt"),
+    description="The DATE settings beyond the update size: which steps update (e.g. every step instead of every "
+                "10th), the update rule, gradient steps per update, the prior penalty, the decode scale and the "
+                "text the reward reads, for DATE Guider / KSampler's 'options' input. Every default is the "
+                "authors' released setting.")
+
 FACE = GuidedMethodFace(category=CATEGORY, model_help=MODEL_HELP, cfg_default=8.0, cfg_help=CFG_HELP,
                         positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP, settings_inputs=_date_inputs,
-                        build_guider=build_guider, validate_inputs=validate_schedule, sample=sample)
+                        build_guider=build_guider, validate_inputs=validate_schedule, sample=sample, options=OPTIONS)
 
-DateGuiderNode = guider_node(
-    FACE, "DateGuiderNode", node_id="PromptOptim_DATEGuider", display_name=GUIDER_NODE,
-    description="DATE (Diffusion Adaptive Text Embedding): classifier-free guidance whose positive text "
-                "embedding moves toward a higher reward at scheduled steps. At an update step the reward "
-                "is measured on the decoded CFG x0 estimate and the token states follow its normalized "
-                "gradient; the negative never changes. Use with SamplerCustomAdvanced and any sampler "
-                "and sigmas.")
-
-DateSamplerNode = ksampler_node(
-    FACE, "DateSamplerNode", node_id="PromptOptim_DATESampler", display_name=SAMPLER_NODE,
-    description="KSampler with DATE: same inputs and the same noise as KSampler, plus the DATE settings (see "
-                "DATE Guider). Outputs the latent and a report of the reward at every update.",
-    seed_help="Noise seed (the same noise as KSampler with this seed).",
-    steps_help="Sampling steps (paper: 50).",
-    outputs=lambda: [io.Latent.Output(), io.String.Output(display_name="report")])
+GUIDER_DESCRIPTION = ("DATE (Diffusion Adaptive Text Embedding): classifier-free guidance whose positive text "
+                      "embedding moves toward a higher reward at scheduled steps. At an update step the reward "
+                      "is measured on the decoded CFG x0 estimate and the token states follow its normalized "
+                      "gradient; the negative never changes. Use with SamplerCustomAdvanced and any sampler "
+                      "and sigmas; the schedule and other settings on 'DATE Options'.")
+SAMPLER_DESCRIPTION = ("KSampler with DATE: same inputs and the same noise as KSampler, plus the DATE settings (see "
+                       "DATE Guider; the schedule and others on 'DATE Options'). Outputs the latent and a report "
+                       "of the reward at every update.")
 
 
-NODES = [DateGuiderNode, DateSamplerNode]
+def _sampler_node(class_name: str, node_id: str, compact: bool) -> type:
+    return ksampler_node(
+        FACE, class_name, node_id=node_id, display_name=SAMPLER_NODE, description=SAMPLER_DESCRIPTION,
+        seed_help="Noise seed (the same noise as KSampler with this seed).", steps_help="Sampling steps (paper: 50).",
+        outputs=lambda: [io.Latent.Output(), io.String.Output(display_name="report")], compact=compact)
+
+
+DateGuiderNode = guider_node(FACE, "DateGuiderNode", node_id="PromptOptim_DATEGuiderV2", display_name=GUIDER_NODE,
+                             description=GUIDER_DESCRIPTION)
+DateSamplerNode = _sampler_node("DateSamplerNode", "PromptOptim_DATESamplerV2", compact=True)
+DateOptionsNode = OPTIONS.node("DateOptionsNode", validate_inputs=validate_schedule)
+# the first nodes, every setting shown: deprecated, kept so saved workflows load with their values
+DateGuiderAllSettings = guider_node(FACE, "DateGuiderAllSettings", node_id="PromptOptim_DATEGuider",
+                                    display_name=GUIDER_NODE, description=GUIDER_DESCRIPTION, compact=False)
+DateSamplerAllSettings = _sampler_node("DateSamplerAllSettings", "PromptOptim_DATESampler", compact=False)
+
+
+NODES = [DateGuiderNode, DateSamplerNode, DateOptionsNode, DateGuiderAllSettings, DateSamplerAllSettings]

@@ -17,7 +17,8 @@ from comfy_api.latest import io, ui
 from ...core.ipgo.optimize import BoundaryTokens, IpgoSettings, IpgoSettingsError, LearnedTokens, train
 from ..comfy.errors import NodeInputError, require_prompt, settings_input_error
 from ..comfy.model_family import clip_family, matching_families
-from ..comfy.socket_types import IpgoTokens, RewardModel
+from ..comfy.method_options import MethodOptions
+from ..comfy.socket_types import IpgoOptions, IpgoTokens, RewardModel
 from ..comfy.step_guider import progress_text
 from ..comfy.validation import queued_check
 from ..conditioning.prompt_words import plain_words
@@ -61,92 +62,226 @@ def _settings(node: str, **values) -> IpgoSettings:
 def _check_token_counts(steps: int, last_steps: int, prefix_tokens: int, suffix_tokens: int) -> None:
     if last_steps >= steps:
         raise NodeInputError(OPTIMIZE_NODE, "last_steps", f"must be fewer than steps ({steps}), got {last_steps}.")
+    _check_token_sum(prefix_tokens, suffix_tokens)
+
+
+def _check_token_sum(prefix_tokens: int, suffix_tokens: int) -> None:
     if prefix_tokens + suffix_tokens < 1:
         raise NodeInputError(OPTIMIZE_NODE, "prefix_tokens", "plus suffix_tokens must be at least 1, got "
                                                              f"{prefix_tokens} + {suffix_tokens}.")
 
 
+def _optimize_settings_inputs() -> list:
+    """IPGO Optimize's settings inputs, in the order the first node showed them."""
+    return [
+        io.String.Input("prompts", multiline=True, dynamic_prompts=False,
+                        tooltip="One prompt, or several, one per line (batch-wise)."),
+        io.String.Input("negative", default="", multiline=False,
+                        tooltip="The unconditional text (paper: empty), cut to the prompt's length."),
+        io.Int.Input("sampling_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                     tooltip="Noise seed of every generation in the loop (the paper fixes one seed); the "
+                             "same noise as KSampler with this seed."),
+        io.Int.Input("steps", default=50, min=2, max=1000, tooltip="Sampling steps (paper: 50)."),
+        io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                       tooltip="Classifier-free guidance scale (paper: 7.5)."),
+        io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="lms",
+                       tooltip="Sampler of the first steps-K steps (paper: LMS); the last K steps are "
+                               "deterministic Euler steps so gradients can pass."),
+        io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
+                       tooltip="Sigma schedule (the paper's LMS schedule: normal)."),
+        io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Image width (paper: 512)."),
+        io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Image height (paper: 512)."),
+        io.Int.Input("epochs", default=50, min=1, max=10000,
+                     tooltip="Passes over the prompts (paper: 50 prompt-wise, 20 batch-wise)."),
+        io.Float.Input("learning_rate", default=0.001, min=1e-6, max=1.0, step=0.0001, round=1e-6,
+                       tooltip="Adam learning rate (paper: 0.001)."),
+        io.Int.Input("lr_step", default=10, min=1, max=10000,
+                     tooltip="Multiply the learning rate by lr_gamma every lr_step optimizer steps "
+                             "(paper: 10 prompt-wise, 15 batch-wise)."),
+        io.Float.Input("lr_gamma", default=0.9, min=0.01, max=1.0, step=0.01,
+                       tooltip="Learning-rate decay factor (paper: 0.9 prompt-wise, 0.95 batch-wise)."),
+        io.Int.Input("accumulation", default=4, min=1, max=1024,
+                     tooltip="Prompt lists: prompts whose gradients are summed per optimizer step (paper: 4)."),
+        io.Int.Input("prefix_tokens", default=10, min=0, max=37, tooltip="Learned tokens before the prompt "
+                                                                          "(paper: 10)."),
+        io.Int.Input("suffix_tokens", default=10, min=0, max=37, tooltip="Learned tokens after the prompt "
+                                                                          "(paper: 10)."),
+        io.Int.Input("rank", default=300, min=1, max=2048,
+                     tooltip="Coefficients per token, m (paper: 300); the orthonormal basis maps them to "
+                             "the conditioning width. At most that width."),
+        io.Boolean.Input("rotation", default=False,
+                         tooltip="Off (default): no rotation, what the authors' notebook runs (its slicing "
+                                 "leaves no angles). On: the paper's text, two rotation angles per token."),
+        io.Float.Input("conformity_weight", default=0.001, min=0.0, max=100.0, step=0.0001, round=1e-6,
+                       tooltip="Weight of the penalty keeping the sequence's mean state near the prompt's "
+                               "(paper: 0.001)."),
+        io.Int.Input("last_steps", default=2, min=1, max=100,
+                     tooltip="K: gradients flow through the last K sampling steps only (paper: 2). More is "
+                             "slower and needs more memory."),
+        io.Float.Input("clip_norm", default=1.0, min=0.0, max=1000.0, step=0.1,
+                       tooltip="Gradient-norm clipping (paper: 1). 0 = off."),
+        io.Int.Input("init_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                     tooltip="Seed of the tokens' random initialization."),
+    ]
+
+
+def _optimize_outputs() -> list:
+    return [
+        IpgoTokens.Output(display_name="tokens", tooltip="The learned tokens: those of the best epoch (with several "
+                                                         "optimizer steps per epoch, i.e. more prompts than "
+                                                         "accumulation, the last ones). Use them with "
+                                                         "'IPGO Encode with Learned Tokens' or save them."),
+        io.Conditioning.Output(display_name="positive", tooltip="The first prompt with the learned tokens."),
+        io.Conditioning.Output(display_name="negative",
+                               tooltip="The matching negative: cut to the same length when prompt and tokens "
+                                       "fit one 77-token window (the authors' way), else ComfyUI's own "
+                                       "encoding of it."),
+        io.Image.Output(display_name="best_images", tooltip="The images of the best epoch, one per prompt."),
+        io.Image.Output(display_name="reward_curve", tooltip="Mean reward per epoch, best epoch circled."),
+        io.String.Output(display_name="report"),
+    ]
+
+
+def optimize(node: str, model, clip, vae, reward, prompts, negative, sampling_seed, steps, cfg, sampler_name,
+             scheduler, width, height, epochs, learning_rate, lr_step, lr_gamma, accumulation, prefix_tokens,
+             suffix_tokens, rank, rotation, conformity_weight, last_steps, clip_norm, init_seed) -> io.NodeOutput:
+    """The optimizer's run, whichever node (compact or with every setting) holds the settings."""
+    texts = split_prompts(prompts or "")
+    if not texts:
+        require_prompt(node, "prompts", "")
+    if clip is None or vae is None or reward is None:
+        missing = "clip" if clip is None else "vae" if vae is None else "reward"
+        raise NodeInputError(node, missing, f"no {missing} connected.")
+    family = matching_families(model, clip, node)
+    _check_token_counts(steps, last_steps, prefix_tokens, suffix_tokens)
+    settings = _settings(node, prefix_tokens=prefix_tokens, suffix_tokens=suffix_tokens, rank=rank,
+                         rotation=rotation, conformity_weight=conformity_weight, last_steps=last_steps,
+                         epochs=epochs, lr=learning_rate, lr_step=lr_step, lr_gamma=lr_gamma,
+                         clip_norm=clip_norm, accumulation=accumulation)
+    sequences = []
+    for text in texts:
+        try:
+            sequences.append(encode_sequence(clip, text, negative, prefix_tokens + suffix_tokens))
+        except ValueError as e:
+            raise NodeInputError(node, "prompts", f"{text!r}: {e}.") from None
+    reward_texts = [plain_words(text) for text in texts]  # the reward reads words, not ComfyUI's weight syntax
+    width_c = sequences[0].states.shape[-1]
+    try:
+        with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; these are trained
+            tokens = BoundaryTokens(width_c, settings, seed=init_seed)
+    except IpgoSettingsError as e:
+        raise NodeInputError(node, "rank", str(e)) from None
+
+    latent = comfy.sample.fix_empty_latent_channels(
+        model, torch.zeros(1, 4, height // 8, width // 8))
+    seed = sampling_seed
+    noise = comfy.sample.prepare_noise(latent, seed)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    renderer = IpgoRenderer(model, cfg, vae, reward, last_steps)
+    device = model.load_device
+    grad_scaling = device.type == "cuda" and model.model_dtype() == torch.float16
+    bar = comfy.utils.ProgressBar(epochs * len(sequences))
+    done = [0]
+
+    def interrupt_check(*_):
+        mm.throw_exception_if_processing_interrupted()
+
+    def evaluate(index, cross_attn, backward):
+        mm.throw_exception_if_processing_interrupted()
+        seq = sequences[index]
+        images = renderer.render(cross_attn, seq.pooled, seq.negative_conditioning(), reward_texts[index], noise,
+                                 latent, sampler, sigmas, seed, backward, callback=interrupt_check)
+        done[0] += 1
+        bar.update_absolute(done[0], bar.total)
+        return images
+
+    constraint = {"orthonormality": 0.0, "in_range": True}
+
+    def on_epoch(epoch, mean, lr):
+        constraint["orthonormality"] = max(constraint["orthonormality"], tokens.orthonormality_error())
+        constraint["in_range"] &= tokens.in_range()
+        progress_text(f"IPGO epoch {epoch + 1}/{epochs}: {reward.label} {mean:.5g} (lr {lr:.3g})")
+
+    with torch.inference_mode(False), torch.enable_grad():
+        result = train(tokens, [s.states for s in sequences], evaluate, settings, grad_scaling=grad_scaling,
+                       device_type=device.type, on_epoch=on_epoch,
+                       is_cancel=lambda e: isinstance(e, mm.InterruptProcessingException))
+    learned = result.tokens
+    learned.info = {"family": family, "width": str(width_c), "prompts": json.dumps(texts),
+                    "reward": reward.label, "negative": negative,
+                    "settings": json.dumps(settings.__dict__), "best_epoch": str(result.best_epoch + 1),
+                    "best_reward": f"{result.best_reward:.6g}"}
+    images = torch.cat([result.best_outputs[i] for i in sorted(result.best_outputs)])
+    report = _report(result, reward.label, len(texts), renderer.model_calls_with_grad, constraint,
+                     single_step=len(texts) <= accumulation)
+    curve = curve_image(result.curve, f"IPGO: mean {reward.label} per epoch", best=result.best_epoch)
+    first = sequences[0]
+    return io.NodeOutput(learned, first.positive_conditioning(learned), first.negative_conditioning(), images,
+                         curve, report, ui=ui.PreviewText(report))
+
+
+
+
+OPTIONS = MethodOptions(
+    socket=IpgoOptions, node_id="PromptOptim_IPGOOptions", display_name="IPGO Options", category=CATEGORY,
+    all_inputs=_optimize_settings_inputs,
+    names=("sampler_name", "scheduler", "learning_rate", "lr_step", "lr_gamma", "accumulation", "prefix_tokens",
+           "suffix_tokens", "rank", "rotation", "conformity_weight", "last_steps", "clip_norm", "init_seed"),
+    description="The IPGO settings users rarely change (sampler, learning-rate schedule, token counts and rank, "
+                "rotation, the conformity penalty, K last steps, clipping, init seed), for IPGO Optimize Prompt "
+                "Tokens' 'options' input. Every default is the authors' prompt-wise setting.")
+
+DESCRIPTION = ("IPGO: learns a few prefix and suffix tokens, injected around the prompt's encoded "
+               "sequence, that raise a reward of the generated image. Each epoch generates every prompt "
+               "with the same seed and back-propagates the reward through the VAE decode and the last "
+               "K sampling steps. One prompt: prompt-wise (the authors' defaults). Several prompts (one "
+               "per line): batch-wise, tokens that transfer to new prompts. The models are not changed.")
+
+
+def _model_inputs() -> list:
+    return [io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL). Not modified."),
+            io.Clip.Input("clip", tooltip="The checkpoint's text encoder. It only encodes the prompts once."),
+            io.Vae.Input("vae", tooltip="Decodes the generated latent for the reward (differentiably)."),
+            RewardModel.Input("reward", tooltip="A differentiable reward (Load Reward Model).")]
+
+
 class IpgoOptimize(io.ComfyNode):
+    DISPLAY_NAME = OPTIMIZE_NODE
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PromptOptim_IPGOOptimize",
-            display_name=OPTIMIZE_NODE,
-            category=CATEGORY,
-            description="IPGO: learns a few prefix and suffix tokens, injected around the prompt's encoded "
-                        "sequence, that raise a reward of the generated image. Each epoch generates every prompt "
-                        "with the same seed and back-propagates the reward through the VAE decode and the last "
-                        "K sampling steps. One prompt: prompt-wise (the authors' defaults). Several prompts (one "
-                        "per line): batch-wise, tokens that transfer to new prompts. The models are not changed.",
-            inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL). Not modified."),
-                io.Clip.Input("clip", tooltip="The checkpoint's text encoder. It only encodes the prompts once."),
-                io.Vae.Input("vae", tooltip="Decodes the generated latent for the reward (differentiably)."),
-                RewardModel.Input("reward", tooltip="A differentiable reward (Load Reward Model)."),
-                io.String.Input("prompts", multiline=True, dynamic_prompts=False,
-                                tooltip="One prompt, or several, one per line (batch-wise)."),
-                io.String.Input("negative", default="", multiline=False,
-                                tooltip="The unconditional text (paper: empty), cut to the prompt's length."),
-                io.Int.Input("sampling_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             tooltip="Noise seed of every generation in the loop (the paper fixes one seed); the "
-                                     "same noise as KSampler with this seed."),
-                io.Int.Input("steps", default=50, min=2, max=1000, tooltip="Sampling steps (paper: 50)."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale (paper: 7.5)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="lms",
-                               tooltip="Sampler of the first steps-K steps (paper: LMS); the last K steps are "
-                                       "deterministic Euler steps so gradients can pass."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
-                               tooltip="Sigma schedule (the paper's LMS schedule: normal)."),
-                io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Image width (paper: 512)."),
-                io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Image height (paper: 512)."),
-                io.Int.Input("epochs", default=50, min=1, max=10000,
-                             tooltip="Passes over the prompts (paper: 50 prompt-wise, 20 batch-wise)."),
-                io.Float.Input("learning_rate", default=0.001, min=1e-6, max=1.0, step=0.0001, round=1e-6,
-                               tooltip="Adam learning rate (paper: 0.001)."),
-                io.Int.Input("lr_step", default=10, min=1, max=10000,
-                             tooltip="Multiply the learning rate by lr_gamma every lr_step optimizer steps "
-                                     "(paper: 10 prompt-wise, 15 batch-wise)."),
-                io.Float.Input("lr_gamma", default=0.9, min=0.01, max=1.0, step=0.01,
-                               tooltip="Learning-rate decay factor (paper: 0.9 prompt-wise, 0.95 batch-wise)."),
-                io.Int.Input("accumulation", default=4, min=1, max=1024,
-                             tooltip="Prompt lists: prompts whose gradients are summed per optimizer step (paper: 4)."),
-                io.Int.Input("prefix_tokens", default=10, min=0, max=37, tooltip="Learned tokens before the prompt "
-                                                                                  "(paper: 10)."),
-                io.Int.Input("suffix_tokens", default=10, min=0, max=37, tooltip="Learned tokens after the prompt "
-                                                                                  "(paper: 10)."),
-                io.Int.Input("rank", default=300, min=1, max=2048,
-                             tooltip="Coefficients per token, m (paper: 300); the orthonormal basis maps them to "
-                                     "the conditioning width. At most that width."),
-                io.Boolean.Input("rotation", default=False,
-                                 tooltip="Off (default): no rotation, what the authors' notebook runs (its slicing "
-                                         "leaves no angles). On: the paper's text, two rotation angles per token."),
-                io.Float.Input("conformity_weight", default=0.001, min=0.0, max=100.0, step=0.0001, round=1e-6,
-                               tooltip="Weight of the penalty keeping the sequence's mean state near the prompt's "
-                                       "(paper: 0.001)."),
-                io.Int.Input("last_steps", default=2, min=1, max=100,
-                             tooltip="K: gradients flow through the last K sampling steps only (paper: 2). More is "
-                                     "slower and needs more memory."),
-                io.Float.Input("clip_norm", default=1.0, min=0.0, max=1000.0, step=0.1,
-                               tooltip="Gradient-norm clipping (paper: 1). 0 = off."),
-                io.Int.Input("init_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             tooltip="Seed of the tokens' random initialization."),
-            ],
-            outputs=[
-                IpgoTokens.Output(display_name="tokens", tooltip="The learned tokens: those of the best epoch (with several "
-                                                                 "optimizer steps per epoch, i.e. more prompts than "
-                                                                 "accumulation, the last ones). Use them with "
-                                                                 "'IPGO Encode with Learned Tokens' or save them."),
-                io.Conditioning.Output(display_name="positive", tooltip="The first prompt with the learned tokens."),
-                io.Conditioning.Output(display_name="negative",
-                                       tooltip="The matching negative: cut to the same length when prompt and tokens "
-                                               "fit one 77-token window (the authors' way), else ComfyUI's own "
-                                               "encoding of it."),
-                io.Image.Output(display_name="best_images", tooltip="The images of the best epoch, one per prompt."),
-                io.Image.Output(display_name="reward_curve", tooltip="Mean reward per epoch, best epoch circled."),
-                io.String.Output(display_name="report"),
-            ],
-        )
+        return io.Schema(node_id="PromptOptim_IPGOOptimizeV2", display_name=OPTIMIZE_NODE, category=CATEGORY,
+                         description=DESCRIPTION + " More settings on 'IPGO Options'.",
+                         inputs=[*_model_inputs(), *OPTIONS.shown(), OPTIONS.socket_input()],
+                         outputs=_optimize_outputs())
+
+    @classmethod
+    def execute(cls, model, clip, vae, reward, options=None, **shown) -> io.NodeOutput:
+        values = OPTIONS.resolve(OPTIMIZE_NODE, options) | shown
+        try:
+            return optimize(OPTIMIZE_NODE, model, clip, vae, reward, **values)
+        except NodeInputError as e:
+            raise OPTIONS.blame(e) from None
+
+
+def _validate_token_counts(cls, prefix_tokens=None, suffix_tokens=None) -> bool | str:
+    return queued_check(cls, cls.DISPLAY_NAME, {"prefix_tokens": prefix_tokens, "suffix_tokens": suffix_tokens},
+                        _check_token_sum)
+
+
+IpgoOptionsNode = OPTIONS.node("IpgoOptionsNode", validate_inputs=_validate_token_counts)
+
+
+class IpgoOptimizeAllSettings(io.ComfyNode):
+    """The first node, every setting shown: deprecated, kept so saved workflows load with their values."""
+    DISPLAY_NAME = OPTIMIZE_NODE
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(node_id="PromptOptim_IPGOOptimize", display_name=OPTIMIZE_NODE, category=CATEGORY,
+                         description=DESCRIPTION, inputs=[*_model_inputs(), *_optimize_settings_inputs()],
+                         outputs=_optimize_outputs(), is_deprecated=True)
 
     @classmethod
     def validate_inputs(cls, steps=None, last_steps=None, prefix_tokens=None, suffix_tokens=None) -> bool | str:
@@ -155,83 +290,8 @@ class IpgoOptimize(io.ComfyNode):
                             _check_token_counts)
 
     @classmethod
-    def execute(cls, model, clip, vae, reward, prompts, negative, sampling_seed, steps, cfg, sampler_name, scheduler, width,
-                height, epochs, learning_rate, lr_step, lr_gamma, accumulation, prefix_tokens, suffix_tokens, rank,
-                rotation, conformity_weight, last_steps, clip_norm, init_seed) -> io.NodeOutput:
-        node = OPTIMIZE_NODE
-        texts = split_prompts(prompts or "")
-        if not texts:
-            require_prompt(node, "prompts", "")
-        if clip is None or vae is None or reward is None:
-            missing = "clip" if clip is None else "vae" if vae is None else "reward"
-            raise NodeInputError(node, missing, f"no {missing} connected.")
-        family = matching_families(model, clip, node)
-        _check_token_counts(steps, last_steps, prefix_tokens, suffix_tokens)
-        settings = _settings(node, prefix_tokens=prefix_tokens, suffix_tokens=suffix_tokens, rank=rank,
-                             rotation=rotation, conformity_weight=conformity_weight, last_steps=last_steps,
-                             epochs=epochs, lr=learning_rate, lr_step=lr_step, lr_gamma=lr_gamma,
-                             clip_norm=clip_norm, accumulation=accumulation)
-        sequences = []
-        for text in texts:
-            try:
-                sequences.append(encode_sequence(clip, text, negative, prefix_tokens + suffix_tokens))
-            except ValueError as e:
-                raise NodeInputError(node, "prompts", f"{text!r}: {e}.") from None
-        reward_texts = [plain_words(text) for text in texts]  # the reward reads words, not ComfyUI's weight syntax
-        width_c = sequences[0].states.shape[-1]
-        try:
-            with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; these are trained
-                tokens = BoundaryTokens(width_c, settings, seed=init_seed)
-        except IpgoSettingsError as e:
-            raise NodeInputError(node, "rank", str(e)) from None
-
-        latent = comfy.sample.fix_empty_latent_channels(
-            model, torch.zeros(1, 4, height // 8, width // 8))
-        seed = sampling_seed
-        noise = comfy.sample.prepare_noise(latent, seed)
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
-        sampler = comfy.samplers.sampler_object(sampler_name)
-        renderer = IpgoRenderer(model, cfg, vae, reward, last_steps)
-        device = model.load_device
-        grad_scaling = device.type == "cuda" and model.model_dtype() == torch.float16
-        bar = comfy.utils.ProgressBar(epochs * len(sequences))
-        done = [0]
-
-        def interrupt_check(*_):
-            mm.throw_exception_if_processing_interrupted()
-
-        def evaluate(index, cross_attn, backward):
-            mm.throw_exception_if_processing_interrupted()
-            seq = sequences[index]
-            images = renderer.render(cross_attn, seq.pooled, seq.negative_conditioning(), reward_texts[index], noise,
-                                     latent, sampler, sigmas, seed, backward, callback=interrupt_check)
-            done[0] += 1
-            bar.update_absolute(done[0], bar.total)
-            return images
-
-        constraint = {"orthonormality": 0.0, "in_range": True}
-
-        def on_epoch(epoch, mean, lr):
-            constraint["orthonormality"] = max(constraint["orthonormality"], tokens.orthonormality_error())
-            constraint["in_range"] &= tokens.in_range()
-            progress_text(f"IPGO epoch {epoch + 1}/{epochs}: {reward.label} {mean:.5g} (lr {lr:.3g})")
-
-        with torch.inference_mode(False), torch.enable_grad():
-            result = train(tokens, [s.states for s in sequences], evaluate, settings, grad_scaling=grad_scaling,
-                           device_type=device.type, on_epoch=on_epoch,
-                           is_cancel=lambda e: isinstance(e, mm.InterruptProcessingException))
-        learned = result.tokens
-        learned.info = {"family": family, "width": str(width_c), "prompts": json.dumps(texts),
-                        "reward": reward.label, "negative": negative,
-                        "settings": json.dumps(settings.__dict__), "best_epoch": str(result.best_epoch + 1),
-                        "best_reward": f"{result.best_reward:.6g}"}
-        images = torch.cat([result.best_outputs[i] for i in sorted(result.best_outputs)])
-        report = _report(result, reward.label, len(texts), renderer.model_calls_with_grad, constraint,
-                         single_step=len(texts) <= accumulation)
-        curve = curve_image(result.curve, f"IPGO: mean {reward.label} per epoch", best=result.best_epoch)
-        first = sequences[0]
-        return io.NodeOutput(learned, first.positive_conditioning(learned), first.negative_conditioning(), images,
-                             curve, report, ui=ui.PreviewText(report))
+    def execute(cls, model, clip, vae, reward, **settings) -> io.NodeOutput:
+        return optimize(OPTIMIZE_NODE, model, clip, vae, reward, **settings)
 
 
 def _report(result, label: str, prompts: int, grad_calls: int, constraint: dict, single_step: bool) -> str:
@@ -350,4 +410,4 @@ class LoadIpgoTokens(io.ComfyNode):
             raise NodeInputError(LOAD_NODE, "tokens_name", f"cannot read {path}: {e}") from None
 
 
-NODES = [IpgoOptimize, IpgoApply, SaveIpgoTokens, LoadIpgoTokens]
+NODES = [IpgoOptimize, IpgoOptionsNode, IpgoApply, SaveIpgoTokens, LoadIpgoTokens, IpgoOptimizeAllSettings]

@@ -17,7 +17,8 @@ from ...core.shared.text_encoder import LearnableTokens
 from ..comfy.errors import NodeInputError, require_prompt, settings_input_error
 from ..comfy.guided_method import GuidedMethodFace, guider_node, ksampler_node, sample_like_ksampler
 from ..comfy.model_family import clip_family, model_family
-from ..comfy.socket_types import MinorityToken
+from ..comfy.method_options import MethodOptions
+from ..comfy.socket_types import MinorityOptions, MinorityToken
 from ..comfy.step_guider import StepOptimizerGuider, single_positive
 from ..comfy.text_encoder import ComfyTextEncoder
 from ..comfy.validation import queued_check
@@ -230,30 +231,51 @@ def sample(guider, model, seed, sampler_name, sigmas, latent_image) -> tuple:
     return out, guider.last_run.token, guider.last_run.report()
 
 
+OPTIONS = MethodOptions(
+    socket=MinorityOptions, node_id="PromptOptim_MinorityOptions", display_name="MinorityPrompt Options",
+    category=CATEGORY, all_inputs=_settings_inputs,
+    names=("optimize_fraction", "every_n_steps", "sg_lambda", "norm", "anneal", "fixed_level", "between_steps",
+           "token_per_image", "diversity", "gradient_checkpointing", "measure_gain", "optimize", "anneal_level"),
+    description="The MinorityPrompt settings users rarely change (which steps are optimized, the objective's "
+                "form, re-noise levels, per-image tokens, memory), for MinorityPrompt Guider / KSampler's "
+                "'options' input. Every default is the authors' released setting.")
+
 FACE = GuidedMethodFace(category=CATEGORY, model_help=MODEL_HELP, cfg_default=7.5,
                         cfg_help=CFG_HELP, positive_help=POSITIVE_HELP, negative_help=NEGATIVE_HELP,
                         settings_inputs=_settings_inputs, build_guider=build_guider,
-                        validate_inputs=validate_diversity, sample=sample)
+                        validate_inputs=validate_diversity, sample=sample, options=OPTIONS)
 
-MinorityGuiderNode = guider_node(
-    FACE, "MinorityGuiderNode", node_id="PromptOptim_MinorityGuider", display_name=GUIDER_NODE,
-    description="MinorityPrompt: at scheduled steps a placeholder token appended to the prompt is "
-                "optimized so the model's denoising of the current state becomes harder to reconstruct "
-                "under the plain prompt (a low-likelihood direction), then the step is taken with CFG and "
-                "that token. Reaches rarer images that keep the prompt's meaning. Use with "
-                "SamplerCustomAdvanced and any sampler and sigmas.")
+GUIDER_DESCRIPTION = ("MinorityPrompt: at scheduled steps a placeholder token appended to the prompt is "
+                      "optimized so the model's denoising of the current state becomes harder to reconstruct "
+                      "under the plain prompt (a low-likelihood direction), then the step is taken with CFG and "
+                      "that token. Reaches rarer images that keep the prompt's meaning. Use with "
+                      "SamplerCustomAdvanced and any sampler and sigmas; more settings on 'MinorityPrompt Options'.")
+SAMPLER_DESCRIPTION = ("KSampler with MinorityPrompt: same inputs and the same noise as KSampler, plus the "
+                       "MinorityPrompt settings (see MinorityPrompt Guider; more on 'MinorityPrompt Options'). "
+                       "Outputs the latent, the learned token (save it with 'Save MinorityPrompt Embedding') and a "
+                       "report.")
 
-MinoritySamplerNode = ksampler_node(
-    FACE, "MinoritySamplerNode", node_id="PromptOptim_MinoritySampler", display_name=SAMPLER_NODE,
-    description="KSampler with MinorityPrompt: same inputs and the same noise as KSampler, plus the "
-                "MinorityPrompt settings (see MinorityPrompt Guider). Outputs the latent, the learned token "
-                "(save it with 'Save MinorityPrompt Embedding') and a report.",
-    seed_help="Noise seed (the same noise as KSampler); also seeds the re-noise draws.",
-    steps_help="Sampling steps (paper: 50 DDIM).",
-    outputs=lambda: [io.Latent.Output(),
-                     MinorityToken.Output(display_name="token", tooltip="The optimized placeholder (one row "
-                                                                         "per image with token_per_image)."),
-                     io.String.Output(display_name="report")])
+
+def _sampler_node(class_name: str, node_id: str, compact: bool) -> type:
+    return ksampler_node(
+        FACE, class_name, node_id=node_id, display_name=SAMPLER_NODE, description=SAMPLER_DESCRIPTION,
+        seed_help="Noise seed (the same noise as KSampler); also seeds the re-noise draws.",
+        steps_help="Sampling steps (paper: 50 DDIM).", compact=compact,
+        outputs=lambda: [io.Latent.Output(),
+                         MinorityToken.Output(display_name="token", tooltip="The optimized placeholder (one row "
+                                                                             "per image with token_per_image)."),
+                         io.String.Output(display_name="report")])
+
+
+MinorityGuiderNode = guider_node(FACE, "MinorityGuiderNode", node_id="PromptOptim_MinorityGuiderV2",
+                                 display_name=GUIDER_NODE, description=GUIDER_DESCRIPTION)
+MinoritySamplerNode = _sampler_node("MinoritySamplerNode", "PromptOptim_MinoritySamplerV2", compact=True)
+MinorityOptionsNode = OPTIONS.node("MinorityOptionsNode", validate_inputs=validate_diversity)
+# the first nodes, every setting shown: deprecated, kept so saved workflows load with their values
+MinorityGuiderAllSettings = guider_node(FACE, "MinorityGuiderAllSettings", node_id="PromptOptim_MinorityGuider",
+                                        display_name=GUIDER_NODE, description=GUIDER_DESCRIPTION, compact=False)
+MinoritySamplerAllSettings = _sampler_node("MinoritySamplerAllSettings", "PromptOptim_MinoritySampler",
+                                           compact=False)
 
 
 class SaveMinorityEmbedding(io.ComfyNode):
@@ -299,4 +321,5 @@ class SaveMinorityEmbedding(io.ComfyNode):
         return io.NodeOutput(usage, ui=ui.PreviewText(usage))
 
 
-NODES = [MinorityEncode, MinorityGuiderNode, MinoritySamplerNode, SaveMinorityEmbedding]
+NODES = [MinorityEncode, MinorityGuiderNode, MinoritySamplerNode, MinorityOptionsNode, SaveMinorityEmbedding,
+         MinorityGuiderAllSettings, MinoritySamplerAllSettings]

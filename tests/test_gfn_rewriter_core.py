@@ -389,6 +389,28 @@ def test_published_layout_problems_get_one_clear_message(folders, tmp_path):
         load_policy(code)
 
 
+def test_rewrite_keeps_the_prompt_in_front_for_continuation_models(folders):
+    """keep_prompt (the magicprompt preset): the same tokens as without it, decoded after the prompt."""
+    from core.gfn_rewriter import templates
+
+    model, tok = load_policy(folders / NAMES["magicprompt"])
+    assert templates.resolve("magicprompt", "ignored") == ("{prompt}", True)
+    assert templates.resolve("promptist", "ignored") == ("{prompt} Rephrase:", False)
+    assert templates.resolve("custom", "{prompt} !") == ("{prompt} !", False)
+    assert templates.resolve("gflownet (authors)", "x") == (trajectories.DEFAULT_TEMPLATE, False)
+    for mode in ("sampling", "diverse_beam_search"):
+        settings = RewriteSettings(count=3, mode=mode, seed=4, min_new_tokens=3, max_new_tokens=8, template="{prompt}")
+        alone = rewrite(model, tok, "a cat", settings)
+        kept = rewrite(model, tok, "a cat", RewriteSettings(**{**vars(settings), "keep_prompt": True}))
+        prompt_ids = tok("a cat").input_ids
+        assert len(kept) == 3
+        for a, k in zip(alone, kept):
+            assert k.startswith("a cat") and k != "a cat", k
+            tokens = tok(a).input_ids  # the continuation re-tokenized: decode(prompt + tokens) must read as kept
+            assert " ".join(k.split()).endswith(" ".join(a.split())), (k, a)
+            assert len(tok(k).input_ids) >= len(prompt_ids) + len(tokens) - 1
+
+
 def test_trainer_starts_from_a_pytorch_model_bin_folder(folders, tmp_path):
     """The CLI trainer loads a published-layout policy (and its reference) through the same loader and writes a
     safetensors policy folder the node loads."""

@@ -122,8 +122,9 @@ def _load_bin(folder: Path, weights: Path, dtype: torch.dtype):
     unexpected = sorted(k for k in state if k not in expected)
     wrong = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
+        found = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
         parts = [f"{label}: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''} ({len(keys)})"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+                 for label, keys in found if keys]
         raise PolicyFolderError(f"'{weights}' does not match the {type(model).__name__} config.json describes; "
                                 + "; ".join(parts) + ".")
     model.load_state_dict(state, strict=False)

@@ -383,6 +383,11 @@ def test_published_layout_problems_get_one_clear_message(folders, tmp_path):
     torch.save({**state, "lm_head.weight": state["lm_head.weight"] + 1}, untied / "pytorch_model.bin")
     with pytest.raises(PolicyFolderError, match="lm_head.weight differs from transformer.wte.weight"):
         load_policy(untied)
+    base = _copy_without(src, tmp_path / "base_model_keys")  # as gpt2's own file: no prefix, no lm_head
+    torch.save({k.removeprefix("transformer."): v for k, v in state.items() if k != "lm_head.weight"},
+               base / "pytorch_model.bin")
+    ids = torch.tensor([[5, 70, 120, 300]])
+    assert torch.equal(load_policy(base)[0](ids).logits, load_policy(src)[0](ids).logits)
     code = _copy_without(src, tmp_path / "pickled_code")
     torch.save({"weights": state, "note": object.__new__(TargetWords)}, code / "pytorch_model.bin")
     with pytest.raises(PolicyFolderError, match="pytorch_model.bin cannot be read"):  # weights_only refuses objects

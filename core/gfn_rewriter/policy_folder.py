@@ -4,7 +4,8 @@ Weights: model.safetensors (or its shards), or a single pytorch_model.bin as the
 ship it (microsoft/Promptist, Gustavosta/MagicPrompt-Stable-Diffusion). A .bin is read with
 torch.load(weights_only=True), which unpickles tensors only, into a model built from config.json; keys must
 match exactly, except the causal-mask buffers old GPT-2 checkpoints carry (attn.bias, attn.masked_bias) and a
-tied lm_head.weight equal to the token embedding.
+tied lm_head.weight equal to the token embedding (or absent); a state dict saved from the base model (keys
+without its prefix, e.g. "transformer.") gets the prefix, as from_pretrained does.
 
 Each problem gets one message naming the folder and what is missing, instead of the deep stack trace
 (or the silent download attempt, or the warning about randomly initialized weights) that from_pretrained
@@ -111,6 +112,9 @@ def _load_bin(folder: Path, weights: Path, dtype: torch.dtype):
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     expected = model.state_dict()
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and not any(k.startswith(prefix + ".") for k in state):  # saved from the base model (GPT2Model)
+        state = {f"{prefix}.{k}": v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not (k.endswith(IGNORED_BUFFERS) and k not in expected)}
     tied = _tied_keys(model)
     for key, source in tied.items():  # a tied head: the file may hold it (equal to its source) or leave it out
@@ -137,8 +141,8 @@ def _tied_keys(model) -> dict[str, str]:
     first: dict[int, str] = {}
     tied = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        if param.data_ptr() in first:
-            tied[name] = first[param.data_ptr()]
+        if id(param) in first:
+            tied[name] = first[id(param)]
         else:
-            first[param.data_ptr()] = name
+            first[id(param)] = name
     return tied

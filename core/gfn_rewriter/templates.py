@@ -27,12 +27,12 @@ class TemplatePreset:
 
 CUSTOM = "custom"
 TEMPLATE_PRESETS = {
-    CUSTOM: TemplatePreset(None, False, "the template input as written; the rewrite is the continuation"),
+    CUSTOM: TemplatePreset(None, False, "the template input as written, the rewrite being the continuation"),
     "gflownet (authors)": TemplatePreset(DEFAULT_TEMPLATE, False, "GFlowNet rewriters (Yun et al.) and policies "
                                                                   "this pack's trainer writes with its default"),
     "promptist": TemplatePreset("{prompt} Rephrase:", False, "microsoft/Promptist"),
     "magicprompt": TemplatePreset("{prompt}", True, "Gustavosta/MagicPrompt-Stable-Diffusion and other plain "
-                                                    "prompt-continuation GPT-2s; the rewrite keeps the prompt in "
+                                                    "prompt-continuation GPT-2s, the rewrite keeping the prompt in "
                                                     "front"),
 }
 

@@ -248,7 +248,7 @@ def gfn_rewriter_batch() -> UIWorkflow:
                    pos=(40, 300), size=(320, 100))
     rewriter = wf.node("PromptOptim_GFlowNetRewriter",
                        [LAB_REWRITERS["gfn"], REWRITER_PROMPT, REWRITES, "diverse_beam_search", 0, "fixed", 1.0,
-                        1.0, MIN_NEW, MAX_NEW, 1.0, TEMPLATE, "fp32", -1.0, False],
+                        1.0, MIN_NEW, MAX_NEW, 1.0, TEMPLATE, "fp32", -1.0, False, "custom"],
                        outputs=[("rewrites", "STRING"), ("text", "STRING")], pos=(40, 460), size=(430, 520),
                        title="GFlowNet rewriter (lab policy: 3-12 new tokens; paper: 15-75)")
     pos = wf.node("CLIPTextEncode", [""], inputs=[("text", "STRING", rewriter, 0), ("clip", "CLIP", ckpt, 1)],

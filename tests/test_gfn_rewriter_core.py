@@ -320,3 +320,118 @@ def test_image_reward_on_a_tiny_diffusers_pipeline_and_pack_rewards(tmp_path, re
     gain = aesthetic(images, rewrites) - aesthetic(per_prompt(["a cat"]), ["a cat"])
     relevance = (20 * (clip(images, prompts).clamp_min(0) - 0.28)).clamp_max(0)
     torch.testing.assert_close(paper(prompts, rewrites), gain + relevance, atol=1e-5, rtol=0)
+
+
+# --- published GPT-2 rewriters (Promptist, MagicPrompt): pytorch_model.bin + vocab.json/merges.txt folders ---
+
+PUBLISHED = ("promptist", "magicprompt")
+
+
+@pytest.mark.parametrize("layout", PUBLISHED)
+def test_published_layout_loads_as_transformers_own_gpt2_does(folders, layout):
+    """Logits equal GPT2LMHeadModel.from_pretrained on the same pytorch_model.bin; the head stays tied."""
+    from transformers import GPT2LMHeadModel
+
+    folder = folders / NAMES[layout]
+    assert not (folder / "model.safetensors").exists() and (folder / "pytorch_model.bin").is_file()
+    assert (folder / "tokenizer.json").is_file() == (layout == "promptist")
+    file_keys = set(torch.load(folder / "pytorch_model.bin", weights_only=True))
+    assert {"lm_head.weight", "transformer.h.0.attn.bias", "transformer.h.1.attn.masked_bias"} <= file_keys
+    model, tok = load_policy(folder)
+    reference = GPT2LMHeadModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=False).eval()
+    ids = torch.tensor([tok("a red cat on the river Rephrase:").input_ids])
+    assert ids.shape[1] > 3 and tok.eos_token_id == len(tok) - 1 == 300
+    assert torch.equal(model(ids).logits, reference(ids).logits)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert tok.decode(tok("a red cat, sharp").input_ids) == "a red cat, sharp"
+
+
+def _copy_without(src, dst, *names):
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*names) if names else None)
+    return dst
+
+
+def test_published_layout_problems_get_one_clear_message(folders, tmp_path):
+    src = folders / NAMES["magicprompt"]
+    state = torch.load(src / "pytorch_model.bin", weights_only=True)
+    no_weights = _copy_without(src, tmp_path / "no_weights", "pytorch_model.bin")
+    with pytest.raises(PolicyFolderError, match=r"no_weights' has no weights: no model.safetensors and no "
+                                                r"pytorch_model.bin"):
+        load_policy(no_weights)
+    no_tokenizer = _copy_without(src, tmp_path / "no_tokenizer", "vocab.json", "merges.txt")
+    with pytest.raises(PolicyFolderError, match=r"no_tokenizer' has no tokenizer files"):
+        load_policy(no_tokenizer)
+    damaged = _copy_without(src, tmp_path / "damaged")
+    data = (src / "pytorch_model.bin").read_bytes()
+    (damaged / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PolicyFolderError, match=r"damaged': pytorch_model.bin cannot be read .*damaged or "
+                                                r"incomplete"):
+        load_policy(damaged)
+    odd = _copy_without(src, tmp_path / "odd_keys")
+    changed = {k: v for k, v in state.items() if k != "transformer.h.1.mlp.c_fc.weight"}
+    changed["transformer.h.0.extra"] = torch.zeros(1)
+    torch.save(changed, odd / "pytorch_model.bin")
+    with pytest.raises(PolicyFolderError) as error:
+        load_policy(odd)
+    message = str(error.value)
+    assert str(odd / "pytorch_model.bin") in message and "does not match the GPT2LMHeadModel" in message, message
+    assert "missing: transformer.h.1.mlp.c_fc.weight (1)" in message and "unexpected: transformer.h.0.extra (1)" in \
+        message, message
+    untied = _copy_without(src, tmp_path / "untied_head")
+    torch.save({**state, "lm_head.weight": state["lm_head.weight"] + 1}, untied / "pytorch_model.bin")
+    with pytest.raises(PolicyFolderError, match="lm_head.weight differs from transformer.wte.weight"):
+        load_policy(untied)
+    base = _copy_without(src, tmp_path / "base_model_keys")  # as gpt2's own file: no prefix, no lm_head
+    torch.save({k.removeprefix("transformer."): v for k, v in state.items() if k != "lm_head.weight"},
+               base / "pytorch_model.bin")
+    ids = torch.tensor([[5, 70, 120, 300]])
+    assert torch.equal(load_policy(base)[0](ids).logits, load_policy(src)[0](ids).logits)
+    code = _copy_without(src, tmp_path / "pickled_code")
+    torch.save({"weights": state, "note": object.__new__(TargetWords)}, code / "pytorch_model.bin")
+    with pytest.raises(PolicyFolderError, match="pytorch_model.bin cannot be read"):  # weights_only refuses objects
+        load_policy(code)
+
+
+def test_rewrite_keeps_the_prompt_in_front_for_continuation_models(folders):
+    """keep_prompt (the magicprompt preset): the same tokens as without it, decoded after the prompt."""
+    from core.gfn_rewriter import templates
+
+    model, tok = load_policy(folders / NAMES["magicprompt"])
+    assert templates.resolve("magicprompt", "ignored") == ("{prompt}", True)
+    assert templates.resolve("promptist", "ignored") == ("{prompt} Rephrase:", False)
+    assert templates.resolve("custom", "{prompt} !") == ("{prompt} !", False)
+    assert templates.resolve("gflownet (authors)", "x") == (trajectories.DEFAULT_TEMPLATE, False)
+    for mode in ("sampling", "diverse_beam_search"):
+        settings = RewriteSettings(count=3, mode=mode, seed=4, min_new_tokens=3, max_new_tokens=8, template="{prompt}")
+        alone = rewrite(model, tok, "a cat", settings)
+        kept = rewrite(model, tok, "a cat", RewriteSettings(**{**vars(settings), "keep_prompt": True}))
+        prompt_ids = tok("a cat").input_ids
+        assert len(kept) == 3
+        for a, k in zip(alone, kept):
+            assert k.startswith("a cat") and k != "a cat", k
+            tokens = tok(a).input_ids  # the continuation re-tokenized: decode(prompt + tokens) must read as kept
+            assert " ".join(k.split()).endswith(" ".join(a.split())), (k, a)
+            assert len(tok(k).input_ids) >= len(prompt_ids) + len(tokens) - 1
+
+
+def test_trainer_starts_from_a_pytorch_model_bin_folder(folders, tmp_path):
+    """The CLI trainer loads a published-layout policy (and its reference) through the same loader and writes a
+    safetensors policy folder the node loads."""
+    from core.gfn_rewriter import train
+
+    folder = folders / NAMES["promptist"]
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    train.main(["--policy", str(folder), "--out", str(tmp_path / "run"), "--prompts", str(tmp_path / "prompts.txt"),
+                "--reward", "target_words", "--target-words", ",".join(STYLE), "--steps", "2",
+                "--samples-per-step", "2", "--min-new-tokens", "1", "--max-new-tokens", "4", "--flow-hidden", "16",
+                "--policy-lr", "1e-2", "--template", "{prompt} Rephrase:"])
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    trained, tok = load_policy(tmp_path / "run" / "policy")
+    assert (tmp_path / "run" / "policy" / "model.safetensors").is_file()
+    original, original_tok = load_policy(folder)
+    assert len(tok) == len(original_tok) and tok.eos_token_id == original_tok.eos_token_id
+    assert trained.lm_head.weight is trained.transformer.wte.weight
+    assert not torch.equal(trained.transformer.h[0].mlp.c_fc.weight, original.transformer.h[0].mlp.c_fc.weight)

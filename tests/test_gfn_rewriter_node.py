@@ -88,3 +88,88 @@ def test_damaged_policy_weights_name_the_input_and_folder(comfy, base_dir):
     message = str(error.value)
     assert "[GFlowNet Prompt Rewriter] input 'policy'" in message and str(damaged) in message, message
     assert "damaged or incomplete" in message
+
+
+# --- published GPT-2 rewriters in their own layouts (pytorch_model.bin, vocab.json + merges.txt) and presets ---
+
+def _preset_graph(layout: str, preset: str | None, mode: str = "sampling", template: str = "{prompt} Rephrase:\n"):
+    graph = _graph(policy=NAMES[layout], prompt="a cat\nthe old house", mode=mode)
+    graph["rw"]["inputs"]["template"] = template
+    if preset is not None:
+        graph["rw"]["inputs"]["template_preset"] = preset
+    return graph
+
+
+# what each preset must read and return, written out (not taken from the pack's table)
+PRESETS = {"custom": ("{prompt} Rephrase:\n", False), "gflownet (authors)": ("{prompt} Rephrase:\n", False),
+           "promptist": ("{prompt} Rephrase:", False), "magicprompt": ("{prompt}", True)}
+
+
+@pytest.mark.parametrize("layout", ["promptist", "magicprompt"])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_published_layouts_run_with_each_preset(comfy, pack, prompt_rewriters, layout, preset):
+    import importlib
+
+    core_rewrite = importlib.import_module(f"{pack.package}.core.gfn_rewriter.rewrite")
+    folder = importlib.import_module(f"{pack.package}.core.gfn_rewriter.policy_folder")
+    comfy.run(_preset_graph(layout, preset, template="{prompt} Rephrase:\n"))
+    rewrites = comfy.node_outputs("rw")[0]
+    template, keep_prompt = PRESETS[preset]
+    model, tok = folder.load_policy(prompt_rewriters / NAMES[layout])
+    settings = core_rewrite.RewriteSettings(count=3, mode="sampling", seed=5, min_new_tokens=3, max_new_tokens=8,
+                                            top_p=0.9, template=template, keep_prompt=keep_prompt)
+    expected = [r for p in ("a cat", "the old house") for r in core_rewrite.rewrite(model, tok, p, settings)]
+    assert rewrites == expected and len(rewrites) == 6
+    firsts, seconds = rewrites[:3], rewrites[3:]
+    if keep_prompt:
+        assert all(r.startswith("a cat") and r != "a cat" for r in firsts), firsts
+        assert all(r.startswith("the old house") for r in seconds), seconds
+    else:  # the rewrite is the continuation only: the prompt and template are not echoed
+        assert not any(r.startswith(("a cat", "Rephrase")) for r in firsts), firsts
+        assert not any(r.startswith(("the old house", "Rephrase")) for r in seconds), seconds
+
+
+def test_presets_read_as_their_templates_and_the_default_is_the_template_input(comfy):
+    runs = {}
+    for name, (preset, template) in {"omitted": (None, "{prompt} Rephrase:"),
+                                     "custom": ("custom", "{prompt} Rephrase:"),
+                                     "promptist": ("promptist", "ignored, no placeholder"),
+                                     "gflownet": ("gflownet (authors)", "{prompt} Rephrase:"),
+                                     "gflownet_custom": ("custom", "{prompt} Rephrase:\n")}.items():
+        comfy.run(_preset_graph("promptist", preset, mode="diverse_beam_search", template=template))
+        runs[name] = comfy.node_outputs("rw")[0]
+    assert runs["omitted"] == runs["custom"] == runs["promptist"]  # saved workflows: the template input as before
+    assert runs["gflownet"] == runs["gflownet_custom"] != runs["promptist"]
+    assert not any(" Rephrase:" in r for r in runs["promptist"]), runs["promptist"]
+
+
+def test_node_loads_a_published_layout_as_transformers_does(comfy, pack, prompt_rewriters):
+    """The policy the node holds gives the logits of GPT2LMHeadModel.from_pretrained on the same .bin."""
+    import importlib
+
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    nodes = importlib.import_module(f"{pack.package}.nodes.rewriter.nodes")
+    comfy.run(_preset_graph("magicprompt", "magicprompt"))
+    (patcher, tok), = nodes._loaded.values()
+    held = patcher.model.module
+    reference = GPT2LMHeadModel.from_pretrained(str(prompt_rewriters / NAMES["magicprompt"]), local_files_only=True,
+                                                use_safetensors=False).eval()
+    ids = torch.tensor([tok("a cat on the river").input_ids])
+    with torch.no_grad():
+        assert torch.equal(held(ids.to(held.device)).logits.cpu(), reference(ids).logits)
+
+
+def test_damaged_pytorch_model_bin_names_the_input_and_folder(comfy, base_dir):
+    from devtools.weights import damaged_copy
+
+    damaged = damaged_copy(base_dir / "models" / "prompt_rewriters" / NAMES["promptist"],
+                           "prompt_optim_damaged_bin_policy", weights="pytorch_model.bin")
+    graph = _preset_graph("promptist", "promptist")
+    graph["rw"]["inputs"]["policy"] = damaged.name
+    with pytest.raises(Exception) as error:
+        comfy.run(graph)
+    message = str(error.value)
+    assert "[GFlowNet Prompt Rewriter] input 'policy'" in message and str(damaged) in message, message
+    assert "pytorch_model.bin cannot be read" in message and "damaged or incomplete" in message, message

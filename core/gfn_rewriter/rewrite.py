@@ -52,6 +52,9 @@ class RewriteSettings:
     # same text, or two beam groups end on the same words). True: duplicates are dropped and more rewrites
     # drawn (sampling: further seeds; beam search: more groups), up to UNIQUE_TRIES x count
     unique: bool = False
+    # True: a rewrite is the templated prompt followed by the continuation (plain continuation models such as
+    # MagicPrompt); False: the continuation alone (GFlowNet rewriters, Promptist). See templates.py
+    keep_prompt: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -92,7 +95,8 @@ def rewrite(model, tokenizer, prompt: str, settings: RewriteSettings,
                                          settings.max_new_tokens, settings.min_new_tokens, settings.length_penalty,
                                          between_steps=interrupt)
             between()
-            texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+            prefix = ids if settings.keep_prompt else []
+            texts = [tokenizer.decode(prefix + t, skip_special_tokens=True).strip() for t in tokens]
             if not settings.unique:
                 return texts
             distinct = _distinct(texts, count)
@@ -104,7 +108,7 @@ def rewrite(model, tokenizer, prompt: str, settings: RewriteSettings,
         generator = torch.Generator(device).manual_seed(settings.seed + i)
         traj = trajectories.sample(model, ids, 1, eos, settings.max_new_tokens, settings.min_new_tokens,
                                    settings.temperature, settings.top_p, generator)
-        out.append(traj.texts(tokenizer)[0])
+        out.append(traj.texts(tokenizer, settings.keep_prompt)[0])
         between()
         if settings.unique:
             out = _distinct(out, count)

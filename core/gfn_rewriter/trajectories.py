@@ -57,11 +57,14 @@ class Trajectories:
     def lengths(self) -> torch.Tensor:
         return self.mask.sum(1)
 
-    def texts(self, tokenizer) -> list[str]:
+    def texts(self, tokenizer, keep_prompt: bool = False) -> list[str]:
+        """The rewrites as text: the continuations, or (keep_prompt) the prompt ids and continuation decoded
+        together, so the join reads as the model wrote it."""
+        prefix = [int(t) for t in self.prompt_ids] if keep_prompt else []
         out = []
         for row, keep in zip(self.actions, self.mask):
             ids = [int(t) for t in row[keep] if int(t) != tokenizer.eos_token_id]
-            out.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+            out.append(tokenizer.decode(prefix + ids, skip_special_tokens=True).strip())
         return out
 
 

@@ -15,7 +15,8 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 
-from ...core.gfn_rewriter.policy_folder import LAYOUT, PolicyFolderError, load_policy
+from ...core.gfn_rewriter import templates
+from ...core.gfn_rewriter.policy_folder import LAYOUT, PolicyFolderError, load_policy, weights_file
 from ...core.gfn_rewriter.rewrite import MODES, UNIQUE_TRIES, RewriteSettings, rewrite
 from ...core.gfn_rewriter.trajectories import DEFAULT_TEMPLATE
 from ...core.shared.settings_error import SettingsError
@@ -36,8 +37,8 @@ _loaded: dict[tuple[str, float, str], tuple[comfy.model_patcher.ModelPatcher, ob
 
 def load_rewriter(folder: Path, dtype_choice: str):
     """(ModelPatcher around the policy, tokenizer); cached per folder, weights file time and dtype."""
-    weights = folder / "model.safetensors"
-    stamp = weights.stat().st_mtime if weights.exists() else 0.0
+    weights = weights_file(folder)
+    stamp = weights.stat().st_mtime if weights is not None else 0.0
     key = (str(folder.resolve()), stamp, dtype_choice)
     if key not in _loaded:
         load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
@@ -49,10 +50,16 @@ def load_rewriter(folder: Path, dtype_choice: str):
     return _loaded[key]
 
 
+def _settings(template_preset: str = templates.CUSTOM, **values) -> RewriteSettings:
+    """RewriteSettings with the preset's template (the `template` input for custom) and rewrite text."""
+    template, keep_prompt = templates.resolve(template_preset, values.pop("template", DEFAULT_TEMPLATE))
+    return RewriteSettings(template=template, keep_prompt=keep_prompt, **values)
+
+
 def _check_settings(**values) -> None:
     """The settings the core checks across fields (token counts) or by content (the template)."""
     try:
-        RewriteSettings(**values)
+        _settings(**values)
     except SettingsError as e:
         raise settings_input_error(NODE, e) from None
 
@@ -66,7 +73,8 @@ class GFlowNetRewriter(io.ComfyNode):
             display_name=NODE,
             category=CATEGORY,
             description="Rewrites a prompt N times with a GFlowNet-trained language model (Yun et al., CVPR 2025), "
-                        "which samples diverse, high-reward rewrites. The list output runs the downstream nodes once "
+                        "which samples diverse, high-reward rewrites, or with a published GPT-2 rewriter (Promptist, "
+                        "MagicPrompt: see template_preset). The list output runs the downstream nodes once "
                         "per rewrite (e.g. CLIP Text Encode -> KSampler), giving a batch of different images. "
                         "Train a policy with `python -m core.gfn_rewriter.train` (see docs/gfn_rewriter.md).",
             inputs=[
@@ -110,6 +118,13 @@ class GFlowNetRewriter(io.ComfyNode):
                                          "that is sure of one rewrite repeats it). On: duplicates are dropped and "
                                          f"more drawn, up to {UNIQUE_TRIES} x count tries; the node says when fewer "
                                          "distinct rewrites exist."),
+                io.Combo.Input("template_preset", options=list(templates.TEMPLATE_PRESETS), default=templates.CUSTOM,
+                               optional=True,
+                               tooltip="How the policy reads the prompt, by the rewriter it is: "
+                                       + "; ".join(f"{name}: {p.template!r} ({p.models})" if p.template is not None
+                                                   else f"{name} (default): {p.models}"
+                                                   for name, p in templates.TEMPLATE_PRESETS.items())
+                                       + ". A preset other than custom ignores the template input."),
             ],
             outputs=[
                 io.String.Output(display_name="rewrites", is_output_list=True,
@@ -122,23 +137,25 @@ class GFlowNetRewriter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, min_new_tokens=None, max_new_tokens=None, template=None) -> bool | str:
+    def validate_inputs(cls, min_new_tokens=None, max_new_tokens=None, template=None,
+                        template_preset=templates.CUSTOM) -> bool | str:
         return queued_check(cls, NODE, {"min_new_tokens": min_new_tokens, "max_new_tokens": max_new_tokens,
-                                        "template": template}, _check_settings)
+                                        "template": template, "template_preset": template_preset}, _check_settings)
 
     @classmethod
     def execute(cls, policy, prompt, count, mode, seed, temperature, top_p, min_new_tokens, max_new_tokens,
-                diversity_penalty, template, dtype, length_penalty=-1.0, unique=False) -> io.NodeOutput:
+                diversity_penalty, template, dtype, length_penalty=-1.0, unique=False,
+                template_preset=templates.CUSTOM) -> io.NodeOutput:
         prompts = [line.strip() for line in require_prompt(NODE, "prompt", prompt).splitlines() if line.strip()]
         folder = rewriter_folder.REWRITERS.resolve(policy) if policy != NO_ENTRIES else None
         if folder is None:
             raise NodeInputError(NODE, "policy", f"'{policy}' was not found; put {LAYOUT} in "
                                  f"{rewriter_folder.REWRITERS.expected_location()}.")
         try:
-            settings = RewriteSettings(count=count, mode=mode, seed=seed, temperature=temperature, top_p=top_p,
-                                       min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
-                                       diversity_penalty=diversity_penalty, length_penalty=length_penalty,
-                                       template=template, unique=unique)
+            settings = _settings(template_preset, count=count, mode=mode, seed=seed, temperature=temperature,
+                                 top_p=top_p, min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
+                                 diversity_penalty=diversity_penalty, length_penalty=length_penalty,
+                                 template=template, unique=unique)
         except SettingsError as e:
             raise settings_input_error(NODE, e) from None
         try:

@@ -50,6 +50,7 @@ COMPACT_NODES = {
     "PromptOptim_DATEGuider": ("PromptOptim_DATEGuiderV2", "PromptOptim_DATEOptions"),
     "PromptOptim_DATESampler": ("PromptOptim_DATESamplerV2", "PromptOptim_DATEOptions"),
     "PromptOptim_IPGOOptimize": ("PromptOptim_IPGOOptimizeV2", "PromptOptim_IPGOOptions"),
+    "PromptOptim_GFlowNetRewriter": ("PromptOptim_GFlowNetRewriterV2", "PromptOptim_RewriterOptions"),
 }
 
 

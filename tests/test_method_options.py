@@ -11,6 +11,7 @@ import torch
 from devtools.inprocess import GraphError, InvalidGraph
 from devtools.test_graphs import COMPACT_NODES, with_options_node
 from test_date_nodes import date_graph
+from test_gfn_rewriter_node import _graph as rewriter_graph
 from test_ipgo_nodes import optimize_graph
 from test_minority_nodes import minority_graph, sampler_graph
 
@@ -29,6 +30,8 @@ FIRST_NODE_SETTINGS = {
     "PromptOptim_IPGOOptimize": "prompts negative sampling_seed steps cfg sampler_name scheduler width height epochs "
                                 "learning_rate lr_step lr_gamma accumulation prefix_tokens suffix_tokens rank "
                                 "rotation conformity_weight last_steps clip_norm init_seed",
+    "PromptOptim_GFlowNetRewriter": "policy prompt count mode seed temperature top_p min_new_tokens max_new_tokens "
+                                    "diversity_penalty template dtype length_penalty unique template_preset",
 }
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
@@ -40,8 +43,7 @@ def _widgets(info: dict) -> list[str]:
 
 def test_method_nodes_show_at_most_eight_widgets_first_nodes_kept_deprecated(object_info):
     ours = {k: v for k, v in object_info.items() if k.startswith("PromptOptim_")}
-    shown = {k: _widgets(v) for k, v in ours.items() if not v.get("deprecated") and not k.endswith("Options")
-             and k != "PromptOptim_GFlowNetRewriter"}  # its split follows the GPT-2 presets
+    shown = {k: _widgets(v) for k, v in ours.items() if not v.get("deprecated") and not k.endswith("Options")}
     assert {k: w for k, w in shown.items() if len(w) > 8} == {}
     for first, settings in FIRST_NODE_SETTINGS.items():
         assert ours[first]["deprecated"] is True, first
@@ -73,10 +75,11 @@ def _cases(sd1):
                                    rule="cumulative", iterations=1, prior_weight=0.5), "guider", latent),
         "ipgo": (optimize_graph(sd1, epochs=2, steps=4, prefix_tokens=2, suffix_tokens=1, rank=8),
                  "opt", lambda comfy: comfy.node_outputs("opt")[0][0].tensors()),
+        "rewriter": (rewriter_graph(count=3, mode="sampling", seed=7), "rw", lambda comfy: comfy.node_outputs("rw")[0]),
     }
 
 
-@pytest.mark.parametrize("case", ["minority_guider", "minority_sampler", "date_guider", "ipgo"])
+@pytest.mark.parametrize("case", ["minority_guider", "minority_sampler", "date_guider", "ipgo", "rewriter"])
 def test_compact_node_with_its_options_equals_the_first_node(comfy, sd1_checkpoint, case):
     graph, node_id, result = _cases(sd1_checkpoint.name)[case]
     comfy.run(graph)
@@ -85,6 +88,8 @@ def test_compact_node_with_its_options_equals_the_first_node(comfy, sd1_checkpoi
     compact = result(comfy)
     if isinstance(first, dict):
         assert first.keys() == compact.keys() and all(torch.equal(first[k], compact[k]) for k in first)
+    elif isinstance(first, list):  # the rewriter's rewrites
+        assert first == compact and len(first) == 3
     else:
         assert torch.equal(first, compact)
 

@@ -9,3 +9,4 @@ IpgoTokens = io.Custom("IPGO_TOKENS")  # IPGO's learned prefix and suffix
 MinorityOptions = io.Custom("MINORITY_OPTIONS")  # MinorityPrompt Options: {setting: value}
 DateOptions = io.Custom("DATE_OPTIONS")  # DATE Options: {setting: value}
 IpgoOptions = io.Custom("IPGO_OPTIONS")  # IPGO Options: {setting: value}
+RewriterOptions = io.Custom("REWRITER_OPTIONS")  # Prompt Rewriter Options: {setting: value}

@@ -5,26 +5,36 @@
 from __future__ import annotations
 
 from devtools.comfy_path import PACK_ROOT
-from devtools.reward_models import NAMES as REWARD_NAMES
+from devtools.standard_models import CLIP_L14, IMAGE_REWARD, PROMPTIST, SD15, model_entries
 from devtools.workflow_builder import UIWorkflow
-from lab.checkpoint import CHECKPOINT_NAME, REWARD_NAME
-from lab.rewriter import MAX_NEW, MIN_NEW, TEMPLATE
-from lab.rewriter import NAMES as LAB_REWRITERS
 
-# The embedded default model and reward (the lab's, trained on shapes: see lab/README.md); prompts are
+# The templates name the files ComfyUI users have (devtools/standard_models.py: SD1.5, CLIP ViT-L/14,
+# ImageReward v1.0, Promptist) with the frontend's download metadata; the demo and the tests run the
+# embedded stand-ins in their place (the lab's models, trained on shapes: lab/README.md). Prompts are
 # captions of the lab world, which any SD1.x model also draws. Sizes are SD1.5's 512; the demo runs the
 # lab model at its own 64 px (devtools/run_workflows.py).
-CKPT = CHECKPOINT_NAME
-LAB_CLIP = REWARD_NAME
+CKPT = SD15
 SIDE = 512
 NEGATIVE = ""
+REWARD_OUT = [("reward", "REWARD_MODEL")]
 PROMPT = "a red circle on the left, white background"
+
+
+def checkpoint(wf: UIWorkflow, pos, size) -> int:
+    return wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+                   pos=pos, size=size, models=model_entries(CKPT))
+
+
+def reward_loader(wf: UIWorkflow, family: str, weights: str, pos, size, title: str | None = None) -> int:
+    """Load Reward Model on a reward folder; its files go in the workflow's model list (a folder is no file)."""
+    wf.add_models(model_entries(weights))
+    return wf.node("PromptOptim_LoadRewardModel", [family, weights, "none", "", "auto"], outputs=REWARD_OUT,
+                   pos=pos, size=size, title=title)
 
 
 def txt2img(wf: UIWorkflow, prompt: str, batch: int, seed: int = 42):
     """Checkpoint -> prompts -> KSampler -> VAE decode; returns the decode node id."""
-    ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-                   pos=(40, 200), size=(320, 100))
+    ckpt = checkpoint(wf, (40, 200), (320, 100))
     pos = wf.node("CLIPTextEncode", [prompt], inputs=[("clip", "CLIP", ckpt, 1)],
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 60), size=(400, 160), title="Positive prompt")
     neg = wf.node("CLIPTextEncode", [NEGATIVE], inputs=[("clip", "CLIP", ckpt, 1)],
@@ -43,14 +53,11 @@ def score_generated_images() -> UIWorkflow:
     """Generate 4 images, score them with 0.7 x ImageReward + 0.3 x CLIP, save them best first."""
     wf = UIWorkflow()
     decode = txt2img(wf, PROMPT, batch=4)
-    reward_out = [("reward", "REWARD_MODEL")]
-    image_reward = wf.node("PromptOptim_LoadRewardModel", ["image_reward", REWARD_NAMES["image_reward"], "none", "", "auto"],
-                           outputs=reward_out, pos=(840, 520), size=(360, 160))
-    clip = wf.node("PromptOptim_LoadRewardModel", ["clip", LAB_CLIP, "none", "", "auto"],
-                   outputs=reward_out, pos=(840, 720), size=(360, 160))
+    image_reward = reward_loader(wf, "image_reward", IMAGE_REWARD, (840, 520), (360, 160))
+    clip = reward_loader(wf, "clip", CLIP_L14, (840, 720), (360, 160))
     combined = wf.node("PromptOptim_CombineRewards", [0.7, 0.3, 1.0, 1.0],
                        inputs=[("reward_1", "REWARD_MODEL", image_reward, 0), ("reward_2", "REWARD_MODEL", clip, 0)],
-                       outputs=reward_out, pos=(1240, 560), size=(300, 200))
+                       outputs=REWARD_OUT, pos=(1240, 560), size=(300, 200))
     score = wf.node("PromptOptim_ScoreImages", [PROMPT, False, 0],
                     inputs=[("images", "IMAGE", decode, 0), ("reward", "REWARD_MODEL", combined, 0)],
                     outputs=[("best_images", "IMAGE"), ("scores", "FLOAT"), ("mean_score", "FLOAT"),
@@ -61,7 +68,6 @@ def score_generated_images() -> UIWorkflow:
 
 
 DATE_PROMPT = "a small yellow triangle on the right, black background"
-REWARD_OUT = [("reward", "REWARD_MODEL")]
 SCORE_OUT = [("best_images", "IMAGE"), ("scores", "FLOAT"), ("mean_score", "FLOAT"), ("report", "STRING")]
 
 
@@ -69,8 +75,7 @@ def date_side_by_side() -> UIWorkflow:
     """Same seed twice: the fixed prompt embedding (KSampler) vs DATE raising a CLIP reward; both branches
     scored by the optimized CLIP reward and by ImageReward, which DATE did not see."""
     wf = UIWorkflow()
-    ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-                   pos=(40, 300), size=(320, 100))
+    ckpt = checkpoint(wf, (40, 300), (320, 100))
     pos = wf.node("PromptOptim_TextEncodeKeepText", [DATE_PROMPT], inputs=[("clip", "CLIP", ckpt, 1)],
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 60), size=(400, 160),
                   title="Positive prompt (text kept for the reward)")
@@ -78,20 +83,20 @@ def date_side_by_side() -> UIWorkflow:
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 280), size=(400, 160), title="Negative prompt")
     latent = wf.node("EmptyLatentImage", [SIDE, SIDE, 2], outputs=[("LATENT", "LATENT")], pos=(400, 500),
                      size=(320, 110))
-    clip_reward = wf.node("PromptOptim_LoadRewardModel", ["clip", LAB_CLIP, "none", "", "auto"],
-                          outputs=REWARD_OUT, pos=(400, 660), size=(360, 160), title="Reward DATE raises (CLIP)")
-    judge = wf.node("PromptOptim_LoadRewardModel", ["image_reward", REWARD_NAMES["image_reward"], "none", "", "auto"],
-                    outputs=REWARD_OUT, pos=(400, 860), size=(360, 160), title="Second reward (ImageReward)")
+    clip_reward = reward_loader(wf, "clip", CLIP_L14, (400, 660), (360, 160), title="Reward DATE raises (CLIP)")
+    judge = reward_loader(wf, "image_reward", IMAGE_REWARD, (400, 860), (360, 160), title="Second reward (ImageReward)")
     conds = [("positive", "CONDITIONING", pos, 0), ("negative", "CONDITIONING", neg, 0),
              ("latent_image", "LATENT", latent, 0)]
     sampling = [42, "fixed", 12, 7.5, "euler", "normal"]
     plain = wf.node("KSampler", [*sampling, 1.0], inputs=[("model", "MODEL", ckpt, 0), *conds],
                     outputs=[("LATENT", "LATENT")], pos=(840, 40), size=(320, 270), title="Fixed embedding")
-    date = wf.node("PromptOptim_DATESampler",
-                   [*sampling, 1.0, 0.5, "cumulative", "every_k_steps", "3", 1, 0.0, "1.0", ""],
+    options = wf.node("PromptOptim_DATEOptions", ["cumulative", "every_k_steps", "3", 1, 0.0, "1.0", ""],
+                      outputs=[("options", "DATE_OPTIONS")], pos=(840, 740), size=(340, 260),
+                      title="DATE Options (every 3rd step: 12 steps here, paper 10% of 50)")
+    date = wf.node("PromptOptim_DATESamplerV2", [*sampling, 1.0, 0.5],
                    inputs=[("model", "MODEL", ckpt, 0), *conds, ("vae", "VAE", ckpt, 2),
-                           ("reward", "REWARD_MODEL", clip_reward, 0)],
-                   outputs=[("LATENT", "LATENT"), ("report", "STRING")], pos=(840, 360), size=(340, 520),
+                           ("reward", "REWARD_MODEL", clip_reward, 0), ("options", "DATE_OPTIONS", options, 0)],
+                   outputs=[("LATENT", "LATENT"), ("report", "STRING")], pos=(840, 360), size=(340, 330),
                    title="DATE (same seed)")
     for row, (sampler, name) in enumerate([(plain, "fixed_embedding"), (date, "date")]):
         y = 40 + row * 620
@@ -114,8 +119,7 @@ def minority_side_by_side() -> UIWorkflow:
     """Same seed twice: plain KSampler vs MinorityPrompt at its defaults (the authors' code), each image's likelihood
     estimated under the model and the original prompt (MinorityPrompt should lower it)."""
     wf = UIWorkflow()
-    ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-                   pos=(40, 300), size=(320, 100))
+    ckpt = checkpoint(wf, (40, 300), (320, 100))
     pos = wf.node("PromptOptim_MinorityEncode", [MINORITY_PROMPT, "end", "word", "cool", 0],
                   inputs=[("clip", "CLIP", ckpt, 1)], outputs=[("CONDITIONING", "CONDITIONING")], pos=(400, 40),
                   size=(400, 260), title="Positive prompt (+ placeholder for MinorityPrompt)")
@@ -128,12 +132,10 @@ def minority_side_by_side() -> UIWorkflow:
     sampling = [42, "fixed", 12, 7.5, "euler", "normal"]
     plain = wf.node("KSampler", [*sampling, 1.0], inputs=[("model", "MODEL", ckpt, 0), *conds],
                     outputs=[("LATENT", "LATENT")], pos=(840, 40), size=(320, 270), title="Plain sampling")
-    defaults = [10, 0.01, 0.1, 1, 1.0, "plain", True, 0.75, "keep", True, 0.0, False, False, "appended_token",
-                "next_step"]
-    minority = wf.node("PromptOptim_MinoritySampler", [*sampling, 1.0, *defaults],
+    minority = wf.node("PromptOptim_MinoritySamplerV2", [*sampling, 1.0, 10, 0.01],  # K and lr: the defaults
                        inputs=[("model", "MODEL", ckpt, 0), *conds],
                        outputs=[("LATENT", "LATENT"), ("token", "MINORITY_TOKEN"), ("report", "STRING")],
-                       pos=(840, 360), size=(340, 640), title="MinorityPrompt (same seed)")
+                       pos=(840, 360), size=(340, 340), title="MinorityPrompt (same seed)")
     for row, (sampler, name) in enumerate([(plain, "plain"), (minority, "minority")]):
         y = 40 + row * 620
         wf.node("PromptOptim_DenoisingLikelihood", [0, 20],
@@ -156,12 +158,14 @@ IPGO_OUT = [("tokens", "IPGO_TOKENS"), ("positive", "CONDITIONING"), ("negative"
 
 def _ipgo_optimize(wf, ckpt, reward, prompts: str, epochs: int, accumulation: int, title: str):
     """The optimizer at the authors' token settings but few epochs on a small image (the demo runs on CPUs)."""
-    sampling = [0, 12, 7.5, "euler", "normal", SIDE, SIDE]
-    training = [epochs, 0.01, 10, 0.9, accumulation, 10, 10, 300, False, 0.001, 2, 1.0, 0]
-    return wf.node("PromptOptim_IPGOOptimize", [prompts, "", *sampling, *training],
+    options = wf.node("PromptOptim_IPGOOptions",
+                      ["euler", "normal", 0.01, 10, 0.9, accumulation, 10, 10, 300, False, 0.001, 2, 1.0, 0],
+                      outputs=[("options", "IPGO_OPTIONS")], pos=(400, 520), size=(560, 390),
+                      title="IPGO Options (12 Euler steps and lr 0.01 for a short CPU run)")
+    return wf.node("PromptOptim_IPGOOptimizeV2", [prompts, "", 0, 12, 7.5, SIDE, SIDE, epochs],
                    inputs=[("model", "MODEL", ckpt, 0), ("clip", "CLIP", ckpt, 1), ("vae", "VAE", ckpt, 2),
-                           ("reward", "REWARD_MODEL", reward, 0)],
-                   outputs=IPGO_OUT, pos=(400, 40), size=(560, 860), title=title)
+                           ("reward", "REWARD_MODEL", reward, 0), ("options", "IPGO_OPTIONS", options, 0)],
+                   outputs=IPGO_OUT, pos=(400, 40), size=(560, 440), title=title)
 
 
 def _ipgo_compare(wf, ckpt, tokens, judge, prompt: str):
@@ -198,12 +202,9 @@ def _ipgo_compare(wf, ckpt, tokens, judge, prompt: str):
 
 def _ipgo_common():
     wf = UIWorkflow()
-    ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-                   pos=(40, 300), size=(320, 100))
-    reward = wf.node("PromptOptim_LoadRewardModel", ["clip", LAB_CLIP, "none", "", "auto"],
-                     outputs=REWARD_OUT, pos=(40, 460), size=(320, 160), title="Reward IPGO raises (CLIP)")
-    judge = wf.node("PromptOptim_LoadRewardModel", ["image_reward", REWARD_NAMES["image_reward"], "none", "", "auto"],
-                    outputs=REWARD_OUT, pos=(40, 680), size=(320, 160), title="Second reward (ImageReward)")
+    ckpt = checkpoint(wf, (40, 300), (320, 100))
+    reward = reward_loader(wf, "clip", CLIP_L14, (40, 460), (320, 160), title="Reward IPGO raises (CLIP)")
+    judge = reward_loader(wf, "image_reward", IMAGE_REWARD, (40, 680), (320, 160), title="Second reward (ImageReward)")
     return wf, ckpt, reward, judge
 
 
@@ -241,16 +242,20 @@ REWRITES = 4
 
 
 def gfn_rewriter_batch() -> UIWorkflow:
-    """One prompt -> 4 GFlowNet rewrites (the lab's policy, diverse beam search as the authors evaluate) -> one
-    generation each (same seed) -> one batch, scored against the original prompt and saved best first."""
+    """One prompt -> 4 rewrites (Promptist as published; the demo runs the lab's GFlowNet policy in its place,
+    with its own preset and lengths; diverse beam search as the authors evaluate) -> one generation each (same
+    seed) -> one batch, scored against the original prompt and saved best first."""
     wf = UIWorkflow()
-    ckpt = wf.node("CheckpointLoaderSimple", [CKPT], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-                   pos=(40, 300), size=(320, 100))
-    rewriter = wf.node("PromptOptim_GFlowNetRewriter",
-                       [LAB_REWRITERS["gfn"], REWRITER_PROMPT, REWRITES, "diverse_beam_search", 0, "fixed", 1.0,
-                        1.0, MIN_NEW, MAX_NEW, 1.0, TEMPLATE, "fp32", -1.0, False, "custom"],
-                       outputs=[("rewrites", "STRING"), ("text", "STRING")], pos=(40, 460), size=(430, 520),
-                       title="GFlowNet rewriter (lab policy: 3-12 new tokens; paper: 15-75)")
+    ckpt = checkpoint(wf, (40, 300), (320, 100))
+    options = wf.node("PromptOptim_RewriterOptions", [1.0, 1.0, 15, 75, 1.0, "{prompt} Rephrase:\n", "fp32", -1.0, False],
+                      outputs=[("options", "REWRITER_OPTIONS")], pos=(40, 820), size=(430, 360),
+                      title="Prompt Rewriter Options (paper: 15-75 new tokens)")
+    rewriter = wf.node("PromptOptim_GFlowNetRewriterV2",
+                       [PROMPTIST, REWRITER_PROMPT, REWRITES, "diverse_beam_search", 0, "fixed", "promptist"],
+                       inputs=[("options", "REWRITER_OPTIONS", options, 0)],
+                       outputs=[("rewrites", "STRING"), ("text", "STRING")], pos=(40, 460), size=(430, 320),
+                       title="Prompt rewriter (Promptist; a GFlowNet policy: preset gflownet)")
+    wf.add_models(model_entries(PROMPTIST))  # a folder: listed by file in the workflow's models
     pos = wf.node("CLIPTextEncode", [""], inputs=[("text", "STRING", rewriter, 0), ("clip", "CLIP", ckpt, 1)],
                   outputs=[("CONDITIONING", "CONDITIONING")], pos=(520, 60), size=(400, 160),
                   title="One encoding per rewrite")
@@ -267,8 +272,7 @@ def gfn_rewriter_batch() -> UIWorkflow:
                      outputs=[("IMAGE", "IMAGE")], pos=(1320, 200), size=(210, 50))
     batch = wf.node("RebatchImages", [REWRITES], inputs=[("images", "IMAGE", decode, 0)],
                     outputs=[("IMAGE", "IMAGE")], pos=(1320, 300), size=(240, 80), title="List -> one batch")
-    reward = wf.node("PromptOptim_LoadRewardModel", ["clip", LAB_CLIP, "none", "", "auto"],
-                     outputs=REWARD_OUT, pos=(960, 560), size=(360, 160))
+    reward = reward_loader(wf, "clip", CLIP_L14, (960, 560), (360, 160))
     score = wf.node("PromptOptim_ScoreImages", [REWRITER_PROMPT, False, 0],
                     inputs=[("images", "IMAGE", batch, 0), ("reward", "REWARD_MODEL", reward, 0)],
                     outputs=SCORE_OUT, pos=(1600, 200), size=(400, 360), title="Scored against the original prompt")

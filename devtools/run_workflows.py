@@ -22,16 +22,20 @@ from devtools.base_dir import make_base_dir
 from devtools.comfy_path import CACHE, PACK_ROOT
 from devtools.reward_models import reward_models_dir
 from devtools.server import ComfyServer
+from devtools.standard_models import with_stand_ins_api
 from devtools.workflow_format import ui_to_api
 
 
 LAB_SIDE = 64  # the lab model's training resolution
 THUMBNAIL_SIDE = 256
-SIZED_NODES = ("EmptyLatentImage", "PromptOptim_IPGOOptimize")  # nodes with width / height inputs
+# nodes with width / height inputs
+SIZED_NODES = ("EmptyLatentImage", "PromptOptim_IPGOOptimizeV2", "PromptOptim_IPGOOptimize")
 
 
 def fit_graph(graph: dict, ckpt_name: str, side: int | None = None) -> dict:
-    """Point every checkpoint loader at ckpt_name and, when side is given, make every image side x side."""
+    """Point every checkpoint loader at ckpt_name, run the embedded stand-ins for the rewards and the rewriter
+    the workflows name (devtools/standard_models.py) and, when side is given, make every image side x side."""
+    with_stand_ins_api(graph, ckpt_name)
     for node in graph.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node["inputs"]["ckpt_name"] = ckpt_name

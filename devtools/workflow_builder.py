@@ -19,10 +19,12 @@ class UIWorkflow:
     def __init__(self):
         self.nodes: list[dict] = []
         self.links: list[list] = []
+        self.models: list[dict] = []  # the workflow's own model list: files no widget value names one by one
 
     def node(self, type_: str, widgets: list, inputs=(), outputs=(), pos=(0, 0), size=(320, 120),
-             title: str | None = None) -> int:
-        """inputs: (name, type, source_node_id, source_slot); outputs: (name, type). Returns the node id."""
+             title: str | None = None, models: list[dict] | None = None) -> int:
+        """inputs: (name, type, source_node_id, source_slot); outputs: (name, type); models: the frontend's
+        {name, url, directory} of files a widget value names (its missing-models dialog). Returns the node id."""
         node_id = len(self.nodes) + 1
         node_inputs = []
         for name, kind, source, slot in inputs:
@@ -36,6 +38,8 @@ class UIWorkflow:
                 "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets)}
         if title:
             node["title"] = title
+        if models:
+            node["properties"]["models"] = models
         self.nodes.append(node)
         return node_id
 
@@ -44,9 +48,15 @@ class UIWorkflow:
 
     def as_dict(self) -> dict:
         nodes = [dict(n, outputs=[dict(o, links=o["links"] or None) for o in n["outputs"]]) for n in self.nodes]
-        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": nodes,
-                "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
-                "version": 0.4}
+        workflow = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": nodes,
+                    "links": self.links, "groups": [], "config": {},
+                    "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+        if self.models:
+            workflow["models"] = self.models
+        return workflow
+
+    def add_models(self, entries: list[dict]) -> None:
+        self.models += [e for e in entries if e not in self.models]
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.as_dict(), indent=1) + "\n")

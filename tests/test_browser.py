@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, WORKFLOWS
 
+from devtools.standard_models import with_stand_ins_ui
 from devtools.workflow_format import ui_to_api
 
 CHROMIUM = "/usr/bin/chromium"
@@ -56,13 +57,15 @@ RESULT = "prompt_optim_result"  # the widget web/results.js adds
 XSS = '<img src=x onerror="window.__xss = 1"> a red circle'
 
 
-@pytest.mark.parametrize("name, node, expected", [
-    ("gfn_rewriter_batch", "2", "\n"),  # one rewrite per line
-    ("gradient_check", "2", "relative error"),
+@pytest.mark.parametrize("name, node_type, expected", [
+    ("gfn_rewriter_batch", "PromptOptim_GFlowNetRewriterV2", "\n"),  # one rewrite per line
+    ("gradient_check", "PromptOptim_GradientCheck", "relative error"),
 ])
-def test_text_result_shows_on_the_node_after_a_run(browser, comfy_server, name, node, expected):
-    """Run the workflow's text node alone from the editor; its result text appears on it, as /history has it."""
-    workflow = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+def test_text_result_shows_on_the_node_after_a_run(browser, comfy_server, name, node_type, expected):
+    """Run the workflow's text node alone from the editor (on the embedded stand-ins for the files the
+    workflow names); its result text appears on it, as /history has it."""
+    workflow = with_stand_ins_ui(json.loads((ROOT / "workflows" / f"{name}.json").read_text()))
+    node = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == node_type)
     page = open_editor(browser, comfy_server)
     earlier = set(comfy_server.get("/history"))
     errors = []
@@ -100,7 +103,7 @@ def test_text_result_shows_on_the_node_after_a_run(browser, comfy_server, name, 
 
 def test_result_text_is_shown_as_text_never_as_html(browser, comfy_server):
     """A shared workflow's prompt that looks like HTML is shown literally, and nothing in it runs."""
-    workflow = json.loads((ROOT / "workflows" / "score_generated_images.json").read_text())
+    workflow = with_stand_ins_ui(json.loads((ROOT / "workflows" / "score_generated_images.json").read_text()))
     page = open_editor(browser, comfy_server)
     alerts = []
     page.on("dialog", lambda d: (alerts.append(d.message), d.dismiss()))
@@ -125,7 +128,8 @@ def test_result_text_is_shown_as_text_never_as_html(browser, comfy_server):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
-    workflow = json.loads(path.read_text())
+    """The workflow with the embedded stand-ins picked for the files it names, as the demo runs it."""
+    workflow = with_stand_ins_ui(json.loads(path.read_text()))
     page = browser.new_page(viewport={"width": 1600, "height": 900})
     page.set_default_timeout(TIMEOUT_MS)
     page_errors, console_errors = [], []
@@ -198,3 +202,27 @@ def test_workflow_in_editor(browser, comfy_server, object_info, path, tmp_path):
     assert frontend == ui_to_api(workflow, object_info)
     # The same once re-saved by the editor (it adds e.g. the seed's "control after generate" value).
     assert frontend == ui_to_api(result["saved"], object_info)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_template_without_its_models_lists_the_files_to_download(browser, comfy_server, path):
+    """Opened as shipped on a ComfyUI without those files, the template's missing-models dialog lists each
+    real file it names (checkpoint, reward files, rewriter), by folder and name, with its download address."""
+    workflow = json.loads(path.read_text())
+    wanted = [m for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])]
+    wanted += workflow.get("models", [])
+    assert wanted, "the template names no model files"
+    page = open_editor(browser, comfy_server)
+    try:
+        page.evaluate("""async (wf) => {
+            await app.loadGraphData(wf, true, true, null, {showMissingModelsDialog: true});
+        }""", workflow)
+        page.wait_for_selector(".comfy-missing-models", timeout=TIMEOUT_MS)
+        # each entry: "<folder> / <file>", its address as the label's title (and a Download / Copy URL button)
+        listed = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll(
+            '.comfy-missing-models li span[title]')].map(e => [e.textContent.trim(), e.title]))""")
+    finally:
+        page.close()
+    expected = {f"{m['directory']} / {m['name']}": m["url"] for m in wanted}
+    assert listed == expected
+    assert all(url.startswith("https://huggingface.co/") for url in expected.values())

@@ -13,6 +13,8 @@ from PIL import Image
 from conftest import WORKFLOWS
 from devtools.run_workflows import LAB_SIDE, fit_graph
 from devtools.server import EventListener
+from devtools.standard_models import SD15
+from devtools.test_graphs import COMPACT_NODES
 from devtools.workflow_format import ui_to_api
 from lab.world import ATTRIBUTES, extract
 
@@ -32,8 +34,8 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, la
     graph = ui_to_api(ui, object_info)
     for node in graph.values():
         if node["class_type"] == "CheckpointLoaderSimple":
-            assert node["inputs"]["ckpt_name"] == lab_checkpoint.name  # the embedded default model
-    fit_graph(graph, lab_checkpoint.name, LAB_SIDE)  # as the demo runs it
+            assert node["inputs"]["ckpt_name"] == SD15  # the file users have; the demo runs its stand-in
+    fit_graph(graph, lab_checkpoint.name, LAB_SIDE)  # as the demo runs it: the embedded default model
     with EventListener(comfy_server) as events:
         entry = comfy_server.run(graph, events=events)
     files = comfy_server.output_files(entry)
@@ -41,7 +43,7 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, la
     savers = sum(node["class_type"] == "SaveImage" for node in graph.values())
     # a rewriter's list output runs the sampler once per rewrite
     per_latent = next((n["inputs"]["count"] for n in graph.values()
-                       if n["class_type"] == "PromptOptim_GFlowNetRewriter"), 1)
+                       if n["class_type"] == "PromptOptim_GFlowNetRewriterV2"), 1)
     batch = latent["batch_size"] * per_latent
     assert len(files) == batch * savers
     for f in files:
@@ -61,15 +63,16 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, la
             scores = [float(line.split(":")[1].split()[0]) for line in report.splitlines() if line.startswith("image ")]
             assert len(scores) == batch and all(math.isfinite(s) for s in scores)
             assert len(set(scores)) == len(scores), "generated images should score differently"
-        if node["class_type"] == "PromptOptim_DATESampler":
+        if node["class_type"] == "PromptOptim_DATESamplerV2":
             # the reward at each update is shown under the node while it samples
+            inputs = settings_of(graph, object_info, node_id)
             texts = [text for nid, text in events.texts if nid == node_id and text.startswith("DATE step")]
-            assert len(texts) == len(range(0, node["inputs"]["steps"], int(node["inputs"]["schedule_value"])))
+            assert len(texts) == len(range(0, inputs["steps"], int(inputs["schedule_value"])))
             assert all(math.isfinite(float(t.rsplit(" ", 1)[1])) for t in texts), texts
             bar = [p for p in events.progress if p.get("node") == node_id]
             assert bar and bar[-1]["value"] == bar[-1]["max"] == node["inputs"]["steps"], bar[-3:]
-        if node["class_type"] == "PromptOptim_MinoritySampler":
-            inputs = node["inputs"]
+        if node["class_type"] == "PromptOptim_MinoritySamplerV2":
+            inputs = settings_of(graph, object_info, node_id)
             optimized = math.ceil(inputs["optimize_fraction"] * inputs["steps"] - 1e-9)
             inner = optimized * inputs["iterations"]
             texts = [text for nid, text in events.texts if nid == node_id and text.startswith("MinorityPrompt step")]
@@ -78,10 +81,10 @@ def test_workflow_runs_and_writes_images(comfy_server, object_info, workflow, la
             bar = [p for p in events.progress if p.get("node") == node_id]  # one bar: steps + inner iterations
             assert bar and bar[-1]["value"] == bar[-1]["max"] == inputs["steps"] + inner, bar[-3:]
             assert any(p["value"] <= inner for p in bar[:3]), "the bar moves during the first inner iterations"
-        if node["class_type"] == "PromptOptim_GFlowNetRewriter":
-            check_rewriter(events, graph, entry, node_id)
-        if node["class_type"] == "PromptOptim_IPGOOptimize":
-            check_ipgo(comfy_server, events, graph, entry, node_id)
+        if node["class_type"] == "PromptOptim_GFlowNetRewriterV2":
+            check_rewriter(events, graph, entry, node_id, settings_of(graph, object_info, node_id))
+        if node["class_type"] == "PromptOptim_IPGOOptimizeV2":
+            check_ipgo(comfy_server, events, graph, entry, node_id, settings_of(graph, object_info, node_id))
         if node["class_type"] == "PromptOptim_DenoisingLikelihood":
             report = entry["outputs"][node_id]["text"][0]
             values = [float(line.split(":")[1]) for line in report.splitlines() if line.startswith("image ")]
@@ -115,10 +118,21 @@ def check_plain_samples_are_recognizable(server, graph: dict, entry: dict):
     assert both >= total / 2, f"prompted shape and color in only {both} of {total} plain samples"
 
 
-def check_rewriter(events, graph: dict, entry: dict, node_id: str):
+def settings_of(graph: dict, object_info: dict, node_id: str) -> dict:
+    """A compact method node's settings: its own inputs, those of the options node connected to it, and the
+    options' defaults where none is connected."""
+    inputs = dict(graph[node_id]["inputs"])
+    linked = inputs.pop("options", None)
+    options_class = next(o for c, o in COMPACT_NODES.values() if c == graph[node_id]["class_type"])
+    declared = object_info[options_class]["input"]
+    defaults = {name: spec[1]["default"] for section in ("required", "optional")
+                for name, spec in declared.get(section, {}).items()}
+    return {**defaults, **(graph[linked[0]]["inputs"] if linked else {}), **inputs}
+
+
+def check_rewriter(events, graph: dict, entry: dict, node_id: str, inputs: dict):
     """The rewrites shown on the node: `count` distinct non-empty prompts that drove one generation each
     (one CLIP encoding per rewrite), with one progress tick per generation (diverse beam search: one)."""
-    inputs = graph[node_id]["inputs"]
     rewrites = entry["outputs"][node_id]["text"][0].splitlines()
     assert len(rewrites) == inputs["count"] and len(set(rewrites)) == len(rewrites), rewrites
     assert all(inputs["min_new_tokens"] <= len(r.split()) <= inputs["max_new_tokens"] for r in rewrites), rewrites
@@ -139,12 +153,11 @@ def consumers(graph: dict, source: str, slot: int, class_type: str) -> list[str]
             and [source, slot] in [v for v in n["inputs"].values() if isinstance(v, list)]]
 
 
-def check_ipgo(server, events, graph: dict, entry: dict, node_id: str):
+def check_ipgo(server, events, graph: dict, entry: dict, node_id: str, inputs: dict):
     """The optimizer's values over the websocket and in its outputs, and the comparison branches downstream:
     one reward text per epoch equal to the report's curve, the kept epoch's images and the curve previewed,
     the tokens saved as set, and the learned-token / raw-prompt generations with the optimizer's noise and
     sampler, scored by a reward it did not optimize."""
-    inputs = graph[node_id]["inputs"]
     prompts = [p.strip() for p in inputs["prompts"].splitlines() if p.strip()]
     epochs, size = inputs["epochs"], (inputs["width"], inputs["height"])
     # the reward of every epoch under the node, in order, exactly once each

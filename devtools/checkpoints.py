@@ -40,9 +40,12 @@ def _unet_config(family: str) -> dict:
                     transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
                     transformer_depth_middle=-2, context_dim=2048, use_linear_in_transformer=True,
                     adm_in_channels=2816, num_classes="sequential")
+    if family == "vega":  # Segmind Vega: an SDXL derivative (ComfyUI's SDXL subclass), fewer transformer blocks
+        return dict(_unet_config("sdxl"), transformer_depth=[0, 0, 1, 1, 2, 2],
+                    transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2])
     if family == "sd1_ip2p":  # InstructPix2Pix: an SD1 UNet with 8 input channels, a family we do not support
         return dict(_unet_config("sd1"), in_channels=8)
-    raise ValueError(f"unknown family {family!r}; expected 'sd1', 'sdxl' or 'sd1_ip2p'")
+    raise ValueError(f"unknown family {family!r}; expected 'sd1', 'sdxl', 'vega' or 'sd1_ip2p'")
 
 
 def _shapes(family: str) -> dict[str, torch.Size]:
@@ -136,7 +139,7 @@ def checkpoint_path(family: str, seed: int = 0, out_dir: Path | None = None) -> 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("family", choices=["sd1", "sdxl", "sd1_ip2p"])
+    ap.add_argument("family", choices=["sd1", "sdxl", "vega", "sd1_ip2p"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()

@@ -42,6 +42,15 @@ def sdxl_checkpoint(base_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vega_checkpoint(base_dir) -> Path:
+    """An SDXL derivative (ComfyUI detects Segmind Vega): SDXL's text encoders, fewer UNet blocks; ~2 GB,
+    generated once into the cache, linked in only for a session that runs it."""
+    path = checkpoint_path("vega")
+    link_models(base_dir, checkpoints=[path])
+    return path
+
+
+@pytest.fixture(scope="session")
 def ip2p_unet(base_dir) -> Path:
     """A UNet-only file of a family the pack does not support (InstructPix2Pix)."""
     from devtools.checkpoints import unet_only_path
@@ -146,6 +155,6 @@ def pack(comfy):
                "conditioning": "core.shared.conditioning", "comfy_text_encoder": "nodes.comfy.text_encoder",
                "comfy_denoiser": "nodes.comfy.denoiser", "errors": "nodes.comfy.errors", "core_rewards": "core.rewards",
                "comfy_reward": "nodes.comfy.reward", "reward_nodes": "nodes.rewards.nodes",
-               "likelihood_node": "nodes.diagnostics.likelihood"}
+               "likelihood_node": "nodes.diagnostics.likelihood", "model_family": "nodes.comfy.model_family"}
     loaded = {attr: importlib.import_module(f"{package}.{name}") for attr, name in modules.items()}
     return types.SimpleNamespace(package=package, **loaded)

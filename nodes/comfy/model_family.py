@@ -1,20 +1,33 @@
-"""Which model families the pack's adapters support, read from ComfyUI's own model objects."""
+"""Which model families the pack's adapters support, read from ComfyUI's own model objects.
+
+A model is accepted by what the methods need, not by its exact class: a UNet that reads the prompt through
+cross-attention from the CLIP encoders ComfyUI pairs with its family, and nothing else. So the SDXL
+derivatives ComfyUI models as SDXL subclasses (SSD-1B, Segmind Vega, KOALA: fewer blocks, the same text
+side) are SDXL here. Subclasses that also need an image input (instruct-pix2pix, unCLIP, the x4 upscaler,
+Lotus) are refused: their extra conditioning is not part of what the methods were checked on.
+"""
 from __future__ import annotations
+
+import comfy.supported_models as supported
 
 from .errors import NodeInputError
 
-# ComfyUI model-config class name -> family shown to users.
-MODEL_FAMILIES = {"SD15": "SD1.x", "SD20": "SD2.x", "SDXL": "SDXL"}
+# ComfyUI model-config classes (and their subclasses) -> family shown to users; most specific first.
+MODEL_FAMILIES = ((supported.SDXL, "SDXL"), (supported.SD20, "SD2.x"), (supported.SD15, "SD1.x"))
+NEEDS_AN_IMAGE = (supported.SD15_instructpix2pix, supported.SDXL_instructpix2pix, supported.SD21UnclipL,
+                  supported.SD21UnclipH, supported.SD_X4Upscaler, supported.LotusD)
 # Text-encoder keys of a CLIP object's tokens -> family.
 CLIP_FAMILIES = {("l",): "SD1.x", ("h",): "SD2.x", ("g", "l"): "SDXL"}
 
 
 def model_family(model_patcher, node: str, input_name: str = "model") -> str:
-    config = type(model_patcher.model.model_config).__name__
-    family = MODEL_FAMILIES.get(config)
-    if family is None:
-        raise NodeInputError(node, input_name, f"model family '{config}' is not supported; "
-                             f"supported: {', '.join(sorted(set(MODEL_FAMILIES.values())))}.")
+    config = model_patcher.model.model_config
+    family = next((name for cls, name in MODEL_FAMILIES if isinstance(config, cls)), None)
+    if family is None or isinstance(config, NEEDS_AN_IMAGE):
+        supported_names = ", ".join(name for _, name in MODEL_FAMILIES)
+        raise NodeInputError(node, input_name, f"model family '{type(config).__name__}' is not supported; "
+                             f"supported: {supported_names} and their derivatives (e.g. SSD-1B, Segmind Vega, "
+                             "KOALA), without image conditioning.")
     return family
 
 

@@ -8,7 +8,9 @@ every tensor is a pure function of (seed, key name, shape), files are cached und
   heads (comfy/model_detection.py:63, mmdit.py:809), so 2 blocks give width 128. The checkpoint holds
   CLIP-L and CLIP-G at full size (fixed configs) and no T5: ComfyUI then builds SD3ClipModel without T5
   and the conditioning is CLIP-L/G's 77 tokens zero-padded to 4096 (sd3_clip.py:128; with T5, T5's
-  tokens are concatenated after them, sd3_clip.py:139).
+  tokens are concatenated after them, sd3_clip.py:139). SD3.5 is the same class (`SD3`); a small SD3.5-style
+  MMDiT-X (RMS q/k norms, model_detection.py:80-82; a second image self-attention, :88-92) is a
+  diffusion-model file that uses the SD3 checkpoint's text encoders and VAE.
 - Flux.1 dev: detection fixes 24 heads and rotary axes (16, 56, 56), so the width must be 24 x 128 = 3072
   (model_detection.py:220-221, flux/model.py:61-63); only the block counts shrink (1 + 1); `guidance_in`
   keys make it dev-style (model_detection.py:272, supported_models.py:693-697).
@@ -16,13 +18,14 @@ every tensor is a pure function of (seed, key name, shape), files are cached und
   in the SD3 checkpoint and as a separate file for VAELoader.
 - T5-XXL: the loaders build T5 from the fixed t5_config_xxl.json (4.7 B parameters); the only way to
   another configuration is `model_options["t5xxl_model_config"]`, read by SDClipModel (sd1_clip.py:105-107)
-  but passed by no loader node (nodes.py:578, 988-992 pass none). REDUCED_T5 keeps the width (4096, which SD3 concatenates with CLIP-L/G and
-  Flux's txt_in reads), the vocabulary (ComfyUI's T5 tokenizer) and the 24 blocks (ComfyUI detects a
-  T5-XXL file by `encoder.block.23...wi_1` of width 4096, sd.py:999-1002), and shrinks heads and MLP.
+  but passed by no loader node (nodes.py:578, 988-992 pass none). REDUCED_T5 keeps the width (4096, which
+  SD3 concatenates with CLIP-L/G and Flux's txt_in reads), the vocabulary (ComfyUI's T5 tokenizer) and the
+  24 blocks (ComfyUI detects a T5-XXL file by `encoder.block.23...wi_1` of width 4096, sd.py:999-1002), and
+  shrinks heads and MLP.
   `load_reduced_t5_clip` builds the CLIP objects in-process through ComfyUI's own loaders with that
   option; `ReducedT5CLIPLoader` is a test-only node around it, registered by tests/conftest.py.
 
-    python -m devtools.family_checkpoints sd3|flux_unet|flux_vae|clip_l|t5_reduced [--out DIR]
+    python -m devtools.family_checkpoints sd3|sd35_unet|flux_unet|flux_vae|clip_l|t5_reduced [--out DIR]
 """
 from __future__ import annotations
 
@@ -48,6 +51,8 @@ SD3_CONFIG = dict(in_channels=16, out_channels=16, patch_size=2, depth=SD3_DEPTH
                   pos_embed_scaling_factor=None, x_block_self_attn_layers=[],
                   context_embedder_config={"target": "torch.nn.Linear",
                                            "params": {"in_features": 4096, "out_features": 64 * SD3_DEPTH}})
+# SD3.5 (Medium's MMDiT-X): RMS q/k norms and a second self-attention in the first joint block's image side
+SD35_CONFIG = dict(SD3_CONFIG, qk_norm="rms", x_block_self_attn_layers=[0])
 FLUX_CONFIG = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
                    hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1,
                    axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
@@ -57,6 +62,7 @@ T5_MODEL_OPTIONS = {"t5xxl_model_config": REDUCED_T5}
 
 FILES = {  # what -> file name stem
     "sd3": "prompt_optim_test_sd3",
+    "sd35_unet": "prompt_optim_test_sd35_unet",
     "flux_unet": "prompt_optim_test_flux_unet",
     "flux_vae": "prompt_optim_test_flux_vae",
     "clip_l": "prompt_optim_test_clip_l",
@@ -87,6 +93,8 @@ def _modules(what: str) -> dict[str, torch.nn.Module]:
                 "first_stage_model.": vae,
                 "text_encoders.clip_l.": clip_l,
                 "text_encoders.clip_g.": comfy.sdxl_clip.SDXLClipG(device=meta)}
+    if what == "sd35_unet":  # a diffusion-model file (UNETLoader), keys without prefix
+        return {"": MMDiT(**SD35_CONFIG, device=meta, operations=ops)}
     if what == "flux_unet":
         return {"": Flux(**FLUX_CONFIG, device=meta, operations=ops)}
     if what == "flux_vae":
@@ -204,7 +212,8 @@ class ReducedT5CLIPLoader:
             return (load_reduced_t5_clip("flux", t5, clip_l_path=clip_l),)
         if ckpt_name is None:
             raise ValueError("sd3 needs ckpt_name")
-        return (load_reduced_t5_clip("sd3", t5, ckpt_path=folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)),)
+        ckpt = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+        return (load_reduced_t5_clip("sd3", t5, ckpt_path=ckpt),)
 
 
 TEST_NODES = {"PromptOptimTestReducedT5CLIPLoader": ReducedT5CLIPLoader}

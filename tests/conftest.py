@@ -63,6 +63,17 @@ def sd3_checkpoint(base_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sd35_unet(base_dir) -> Path:
+    """A small SD3.5-style MMDiT-X diffusion model (RMS q/k norms, a second self-attention; 4 MB), linked
+    into the in-process ComfyUI's diffusion_models; it takes the SD3 checkpoint's text encoders and VAE."""
+    from devtools.family_checkpoints import asset_path
+
+    path = asset_path("sd35_unet")
+    link_models(base_dir, diffusion_models=[path])
+    return path
+
+
+@pytest.fixture(scope="session")
 def flux_files(base_dir):
     """A small Flux.1-dev diffusion model (1.1 GB), a 16-channel TAESD, CLIP-L and the reduced T5-XXL as
     separate files in ComfyUI's diffusion_models, vae and text_encoders folders: names by role."""

@@ -97,6 +97,20 @@ def test_sd3_with_reduced_t5_concatenates_t5_along_the_sequence(comfy, sd3_check
     _assert_image(image)
 
 
+def test_sd35_unet_is_detected_as_sd3_and_samples(comfy, sd3_checkpoint, sd35_unet):
+    graph = _sd3_graph(sd3_checkpoint.name, "a red cube on a table")
+    graph["8"] = {"class_type": "UNETLoader", "inputs": {"unet_name": sd35_unet.name, "weight_dtype": "default"}}
+    graph["5"]["inputs"]["model"] = ["8", 0]
+    _, latent, image = _run(comfy, graph, "2", "5", "6")
+    model = comfy.node_outputs("8")[0][0]
+    assert type(model.model.model_config).__name__ == "SD3"
+    blocks = model.model.diffusion_model.joint_blocks
+    assert len(blocks) == 2 and blocks[0].x_block.x_block_self_attn and not blocks[1].x_block.x_block_self_attn
+    assert type(blocks[0].x_block.attn.ln_q).__name__ == "RMSNorm"
+    assert latent.shape == (1, 16, SIZE // 8, SIZE // 8) and torch.isfinite(latent).all()
+    _assert_image(image)
+
+
 def test_flux_graph_samples_with_reduced_t5_and_text_matters(comfy, flux_files, reduced_t5_loader):
     cond, latent, image = _run(comfy, _flux_graph(flux_files, reduced_t5_loader, "a red cube on a table"),
                                "5", "8", "9")

@@ -76,7 +76,8 @@ def sd35_unet(base_dir) -> Path:
 @pytest.fixture(scope="session")
 def flux_files(base_dir):
     """A small Flux.1-dev diffusion model (1.1 GB), a 16-channel TAESD, CLIP-L and the reduced T5-XXL as
-    separate files in ComfyUI's diffusion_models, vae and text_encoders folders: names by role."""
+    separate files in ComfyUI's diffusion_models, vae and text_encoders folders: names by role (and the
+    T5 file's path)."""
     import types
 
     from devtools.family_checkpoints import asset_path
@@ -85,17 +86,20 @@ def flux_files(base_dir):
     link_models(base_dir, diffusion_models=[paths["flux_unet"]], vae=[paths["flux_vae"]],
                 text_encoders=[paths["clip_l"], paths["t5_reduced"]])
     return types.SimpleNamespace(unet=paths["flux_unet"].name, vae=paths["flux_vae"].name,
-                                 clip_l=paths["clip_l"].name, t5=paths["t5_reduced"].name)
+                                 clip_l=paths["clip_l"].name, t5=paths["t5_reduced"].name, t5_path=paths["t5_reduced"])
 
 
 @pytest.fixture(scope="session")
 def reduced_t5_loader(comfy) -> str:
     """The test-only node that builds a CLIP with the reduced T5 (no ComfyUI loader node can), registered
-    in the in-process ComfyUI; its class_type."""
+    in the in-process ComfyUI for the session; its class_type."""
     from devtools.family_checkpoints import TEST_NODES, register_test_nodes
 
     register_test_nodes(comfy.nodes)
-    return next(iter(TEST_NODES))
+    yield next(iter(TEST_NODES))
+    for name in TEST_NODES:
+        comfy.nodes.NODE_CLASS_MAPPINGS.pop(name, None)
+        comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS.pop(name, None)
 
 
 @pytest.fixture(scope="session")

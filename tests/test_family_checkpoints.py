@@ -93,6 +93,13 @@ def test_sd3_with_reduced_t5_concatenates_t5_along_the_sequence(comfy, sd3_check
     clip = comfy.node_outputs("8")[0][0]
     t5 = clip.cond_stage_model.t5xxl.transformer
     assert len(t5.encoder.block) == 24 and t5.shared.weight.shape == (32128, 4096)
+    # every weight of ComfyUI's T5 came from the file (a missing one would be uninitialized memory)
+    from safetensors.torch import load_file
+
+    stored = load_file(str(flux_files.t5_path))
+    loaded = t5.state_dict()
+    assert loaded.keys() == stored.keys()
+    assert all(torch.equal(loaded[k].to(stored[k].dtype), stored[k]) for k in stored)
     assert latent.shape == (1, 16, SIZE // 8, SIZE // 8)
     _assert_image(image)
 

@@ -139,8 +139,6 @@ def test_flux_graph_samples_with_reduced_t5_and_text_matters(comfy, flux_files, 
 def test_comfy_loaders_cannot_build_the_reduced_t5(comfy, flux_files):
     """What the test-only loader works around: DualCLIPLoader builds T5 from the fixed T5-XXL config, and the
     reduced file's shapes do not fit it (so the tests build that CLIP in-process)."""
-    import torch
-
     with torch.inference_mode(), pytest.raises(RuntimeError, match="size mismatch"):
         comfy.nodes.DualCLIPLoader().load_clip(flux_files.clip_l, flux_files.t5, "flux")
 

@@ -61,6 +61,57 @@ def ip2p_unet(base_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sd3_checkpoint(base_dir) -> Path:
+    """A small SD3 (MMDiT) single-file checkpoint with CLIP-L, CLIP-G and a 16-channel TAESD, no T5 (1.6 GB;
+    devtools/family_checkpoints.py), linked into the in-process ComfyUI's checkpoints."""
+    from devtools.family_checkpoints import asset_path
+
+    path = asset_path("sd3")
+    link_models(base_dir, checkpoints=[path])
+    return path
+
+
+@pytest.fixture(scope="session")
+def sd35_unet(base_dir) -> Path:
+    """A small SD3.5-style MMDiT-X diffusion model (RMS q/k norms, a second self-attention; 4 MB), linked
+    into the in-process ComfyUI's diffusion_models; it takes the SD3 checkpoint's text encoders and VAE."""
+    from devtools.family_checkpoints import asset_path
+
+    path = asset_path("sd35_unet")
+    link_models(base_dir, diffusion_models=[path])
+    return path
+
+
+@pytest.fixture(scope="session")
+def flux_files(base_dir):
+    """A small Flux.1-dev diffusion model (1.1 GB), a 16-channel TAESD, CLIP-L and the reduced T5-XXL as
+    separate files in ComfyUI's diffusion_models, vae and text_encoders folders: names by role (and the
+    T5 file's path)."""
+    import types
+
+    from devtools.family_checkpoints import asset_path
+
+    paths = {what: asset_path(what) for what in ("flux_unet", "flux_vae", "clip_l", "t5_reduced")}
+    link_models(base_dir, diffusion_models=[paths["flux_unet"]], vae=[paths["flux_vae"]],
+                text_encoders=[paths["clip_l"], paths["t5_reduced"]])
+    return types.SimpleNamespace(unet=paths["flux_unet"].name, vae=paths["flux_vae"].name,
+                                 clip_l=paths["clip_l"].name, t5=paths["t5_reduced"].name, t5_path=paths["t5_reduced"])
+
+
+@pytest.fixture(scope="session")
+def reduced_t5_loader(comfy) -> str:
+    """The test-only node that builds a CLIP with the reduced T5 (no ComfyUI loader node can), registered
+    in the in-process ComfyUI for the session; its class_type."""
+    from devtools.family_checkpoints import TEST_NODES, register_test_nodes
+
+    register_test_nodes(comfy.nodes)
+    yield next(iter(TEST_NODES))
+    for name in TEST_NODES:
+        comfy.nodes.NODE_CLASS_MAPPINGS.pop(name, None)
+        comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS.pop(name, None)
+
+
+@pytest.fixture(scope="session")
 def reward_models() -> Path:
     """Tiny random reward models in the users' file layouts (see devtools/reward_models.py)."""
     from devtools.reward_models import reward_models_dir

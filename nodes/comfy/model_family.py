@@ -14,17 +14,25 @@ from .errors import NodeInputError
 
 # ComfyUI model-config classes (and their subclasses) -> family shown to users; most specific first.
 MODEL_FAMILIES = ((supported.SDXL, "SDXL"), (supported.SD20, "SD2.x"), (supported.SD15, "SD1.x"))
+# Diffusion transformers whose text arrives as one token sequence (SD3: CLIP-L/G + T5 along the sequence; Flux:
+# T5's sequence, CLIP-L pooled): a method that only changes that sequence (DATE) runs on them; the methods
+# that re-run the text encoder with learned tokens do not yet (T5 through ComfyUI's CLIP is not verified).
+SEQUENCE_FAMILIES = ((supported.SD3, "SD3"), (supported.Flux, "Flux.1"))
+CONDITIONING_FAMILIES = MODEL_FAMILIES + SEQUENCE_FAMILIES
 NEEDS_AN_IMAGE = (supported.SD15_instructpix2pix, supported.SDXL_instructpix2pix, supported.SD21UnclipL,
                   supported.SD21UnclipH, supported.SD_X4Upscaler, supported.LotusD)
+# Flux subclasses with another input layout (inpainting's image channels, Flux.2's own text side)
+EXCLUDED_VARIANTS = (supported.FluxInpaint, supported.Flux2)
 # Text-encoder keys of a CLIP object's tokens -> family.
 CLIP_FAMILIES = {("l",): "SD1.x", ("h",): "SD2.x", ("g", "l"): "SDXL"}
 
 
-def model_family(model_patcher, node: str, input_name: str = "model") -> str:
+def model_family(model_patcher, node: str, input_name: str = "model", families=MODEL_FAMILIES) -> str:
+    """The model's family among `families`, or a NodeInputError naming the node's input."""
     config = model_patcher.model.model_config
-    family = next((name for cls, name in MODEL_FAMILIES if isinstance(config, cls)), None)
-    if family is None or isinstance(config, NEEDS_AN_IMAGE):
-        supported_names = ", ".join(name for _, name in MODEL_FAMILIES)
+    family = next((name for cls, name in families if isinstance(config, cls)), None)
+    if family is None or isinstance(config, NEEDS_AN_IMAGE + EXCLUDED_VARIANTS):
+        supported_names = ", ".join(name for _, name in families)
         raise NodeInputError(node, input_name, f"model family '{type(config).__name__}' is not supported; "
                              f"supported: {supported_names} and their derivatives (e.g. SSD-1B, Segmind Vega, "
                              "KOALA), without image conditioning.")

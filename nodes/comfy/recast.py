@@ -22,6 +22,7 @@ import torch
 
 import comfy.ops
 
+from .out_of_place import out_of_place_adds
 from ...core.shared.autograd_weights import autograd_ready
 
 _OWN = {comfy.ops.disable_weight_init.Linear: comfy.ops.disable_weight_init.Linear.forward_comfy_cast_weights,
@@ -106,7 +107,8 @@ def recast_in_backward(module: torch.nn.Module):
 
 @contextmanager
 def differentiable(module: torch.nn.Module):
-    """`module`'s weights usable by autograd for the block, with no copy kept: shared inference-mode weights
-    (core.shared.autograd_weights) and casts redone in backward. Yields the AutogradScope."""
-    with autograd_ready(module) as scope, recast_in_backward(module):
+    """`module` usable by autograd for the block, with no copy kept: shared inference-mode weights
+    (core.shared.autograd_weights), casts redone in backward, and in-place residual adds (Flux, T5) made
+    out of place (out_of_place.py). Yields the AutogradScope."""
+    with autograd_ready(module) as scope, recast_in_backward(module), out_of_place_adds(module):
         yield scope

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ...core.date.update import RULES, SCHEDULES, DateSettings, DateSettingsError, UpdateSchedule
 from ..comfy.errors import NodeInputError, settings_input_error
 from ..comfy.guided_method import GuidedMethodFace, guider_node, ksampler_node, sample_like_ksampler
-from ..comfy.model_family import model_family
+from ..comfy.model_family import CONDITIONING_FAMILIES, model_family
 from ..comfy.method_options import MethodOptions
 from ..comfy.socket_types import DateOptions, RewardModel
 from ..comfy.step_guider import StepOptimizerGuider, single_positive
@@ -32,7 +32,8 @@ SCHEDULE_HELP = ("Which steps update the embedding, read with schedule_value: ev
 
 # core settings fields -> this node's inputs, where the names differ (UpdateSchedule's kind and value)
 SETTINGS_INPUTS = {"kind": "schedule", "value": "schedule_value"}
-MODEL_HELP = "The diffusion model (SD1.x, SD2.x or SDXL). It is not modified."
+MODEL_HELP = ("The diffusion model (SD1.x, SD2.x, SDXL and derivatives, SD3/SD3.5, Flux.1). It is not "
+              "modified.")
 POSITIVE_HELP = ("The prompt's conditioning; DATE updates a copy of its token states (concatenated ones "
                  "included). One entry, without area, mask or timestep range.")
 NEGATIVE_HELP = "The negative/unconditional conditioning; DATE never changes it."
@@ -99,7 +100,7 @@ def validate_schedule(cls, schedule=None, schedule_value=None) -> bool | str:
 
 def build_guider(node: str, model, positive, negative, cfg, vae, reward, rho, rule, schedule, schedule_value,
                  iterations, prior_weight, decode_scale, reward_prompt=None) -> StepOptimizerGuider:
-    model_family(model, node)  # refuses families whose gradients we have not verified
+    model_family(model, node, families=CONDITIONING_FAMILIES)  # refuses families whose gradients are unverified
     single_positive(node, positive, "DATE")
     if vae is None:
         raise NodeInputError(node, "vae", "no VAE connected; the reward needs decoded images.")

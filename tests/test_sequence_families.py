@@ -1,0 +1,106 @@
+"""DATE and the Gradient Check on the SD3 and Flux.1 test models (devtools/family_checkpoints.py), through
+ComfyUI's real executor: DATE changes the text sequence only, so it runs on any family whose text is one token
+sequence; the denoiser's x0 is checked against finite differences first, inside a real node execution."""
+import re
+
+import pytest
+import torch
+
+from devtools.reward_models import NAMES
+from test_family_checkpoints import SIZE
+
+TOLERANCE = 1e-2  # as for SD1.x / SDXL (tests/test_comfy_adapters.py)
+PROMPT = "a red cube on a table"
+
+
+def _sd3_loader(sd3_checkpoint):
+    return {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd3_checkpoint.name}}}, \
+        ["ckpt", 0], ["ckpt", 1], ["ckpt", 2]
+
+
+def _flux_loader(flux_files, reduced_t5_loader):
+    return {"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": flux_files.unet, "weight_dtype": "default"}},
+            "te": {"class_type": reduced_t5_loader,
+                   "inputs": {"type": "flux", "t5_name": flux_files.t5, "clip_l_name": flux_files.clip_l}},
+            "vae": {"class_type": "VAELoader", "inputs": {"vae_name": flux_files.vae}}}, \
+        ["unet", 0], ["te", 0], ["vae", 0]
+
+
+@pytest.fixture(params=["sd3", "sd35", "flux"])
+def family(request, sd3_checkpoint, sd35_unet, flux_files, reduced_t5_loader):
+    """(name, loader nodes, model, clip, vae sources, cfg): SD3 with its two CLIPs at cfg 4; the SD3.5-style
+    MMDiT-X with the SD3 file's text encoders and VAE; Flux.1-dev with the reduced T5 at cfg 1, where the
+    sampler computes no unconditional prediction."""
+    if request.param == "sd3":
+        return ("SD3", *_sd3_loader(sd3_checkpoint), 4.0)
+    if request.param == "sd35":
+        loaders, _, clip, vae = _sd3_loader(sd3_checkpoint)
+        loaders["unet"] = {"class_type": "UNETLoader",
+                           "inputs": {"unet_name": sd35_unet.name, "weight_dtype": "default"}}
+        return ("SD3", loaders, ["unet", 0], clip, vae, 4.0)
+    return ("Flux.1", *_flux_loader(flux_files, reduced_t5_loader), 1.0)
+
+
+def test_denoiser_gradient_matches_finite_differences_inside_the_node(comfy, family):
+    name, loaders, model, clip, _, _ = family
+    graph = {**loaders, "check": {"class_type": "PromptOptim_GradientCheck",
+                                  "inputs": {"model": model, "clip": clip, "prompt": PROMPT, "noise_level": 0.5,
+                                             "seed": 3}}}
+    ui = comfy.run(graph)
+    report = ui["check"]["text"][0]
+    out = comfy.node_outputs("check")
+    assert f"family: {name}" in report and "token through the text encoder: not checked" in report
+    assert out[4][0] < TOLERANCE, report
+    derivative = float(re.search(r"x0: autograd (\S+),", report)[1])
+    assert abs(derivative) > 1e-6, report
+
+
+def _date_graph(family, rho=0.5, steps=3) -> dict:
+    """DATE Guider (every step, two gradient steps per update, the paper rule) -> SamplerCustomAdvanced."""
+    name, loaders, model, clip, vae, cfg = family
+    graph = {**loaders,
+             "pos": {"class_type": "PromptOptim_TextEncodeKeepText", "inputs": {"clip": clip, "text": PROMPT}},
+             "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": ""}},
+             "lat": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+             "rw": {"class_type": "PromptOptim_LoadRewardModel",
+                    "inputs": {"family": "clip", "weights": NAMES["clip"], "clip_backbone": "none",
+                               "open_clip_architecture": "", "dtype": "auto"}},
+             "opts": {"class_type": "PromptOptim_DATEOptions",
+                      "inputs": {"rule": "paper", "schedule": "every_k_steps", "schedule_value": "1",
+                                 "iterations": 2, "prior_weight": 0.0, "decode_scale": "1.0"}},
+             "guider": {"class_type": "PromptOptim_DATEGuiderV2",
+                        "inputs": {"model": model, "positive": ["pos", 0], "negative": ["neg", 0], "cfg": cfg,
+                                   "vae": vae, "reward": ["rw", 0], "rho": rho, "options": ["opts", 0]}},
+             "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}},
+             "ks": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+             "sig": {"class_type": "BasicScheduler",
+                     "inputs": {"model": model, "scheduler": "simple", "steps": steps, "denoise": 1.0}},
+             "sca": {"class_type": "SamplerCustomAdvanced",
+                     "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["ks", 0],
+                                "sigmas": ["sig", 0], "latent_image": ["lat", 0]}},
+             "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sca", 0], "filename_prefix": "date_seq"}}}
+    if name == "Flux.1":
+        graph["guid"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}}
+        graph["guider"]["inputs"]["positive"] = ["guid", 0]
+    return graph
+
+
+def test_date_updates_the_text_sequence_and_raises_the_reward(comfy, family):
+    """Each update moves the whole token sequence (SD3: CLIP-L/G with their padding; Flux: T5's) to distance
+    rho from the prompt's (the paper rule); one update raises the reward of the same x0 estimate at the first,
+    noisiest step; the pooled vector stays as encoded; the sample differs from a tiny rho's."""
+    name = family[0]
+    comfy.run(_date_graph(family))
+    guider = comfy.node_outputs("guider")[0][0]
+    run = guider.last_run
+    assert [u[0] for u in run.updates] == [0, 1, 2]
+    width = 4096
+    assert run.reference.shape[-1] == width and run.reference.shape[-2] == (77 if name == "SD3" else 256)
+    distance = (run.final - run.reference).flatten(1).norm(dim=1)
+    torch.testing.assert_close(distance, torch.full_like(distance, 0.5), rtol=1e-4, atol=1e-5)
+    before, after = run.updates[0][2]
+    assert (after.rewards > before.rewards).all(), (before.rewards, after.rewards)
+    assert torch.isfinite(comfy.node_outputs("sca")[0][0]["samples"]).all()
+    latent = comfy.node_outputs("sca")[0][0]["samples"]
+    comfy.run(_date_graph(family, rho=0.001))
+    assert (comfy.node_outputs("sca")[0][0]["samples"] - latent).abs().max() > 1e-4, "DATE did not change the sample"

@@ -104,3 +104,47 @@ def test_date_updates_the_text_sequence_and_raises_the_reward(comfy, family):
     latent = comfy.node_outputs("sca")[0][0]["samples"]
     comfy.run(_date_graph(family, rho=0.001))
     assert (comfy.node_outputs("sca")[0][0]["samples"] - latent).abs().max() > 1e-4, "DATE did not change the sample"
+
+
+def _ipgo_graph(family, epochs=2) -> dict:
+    name, loaders, model, clip, vae, cfg = family
+    return {**loaders,
+            "rw": {"class_type": "PromptOptim_LoadRewardModel",
+                   "inputs": {"family": "clip", "weights": NAMES["clip"], "clip_backbone": "none",
+                              "open_clip_architecture": "", "dtype": "auto"}},
+            "opts": {"class_type": "PromptOptim_IPGOOptions",
+                     "inputs": {"sampler_name": "euler", "scheduler": "simple", "learning_rate": 0.05, "lr_step": 10,
+                                "lr_gamma": 0.9, "accumulation": 4, "prefix_tokens": 2, "suffix_tokens": 1,
+                                "rank": 8, "rotation": False, "conformity_weight": 0.001, "last_steps": 1,
+                                "clip_norm": 1.0, "init_seed": 0}},
+            "opt": {"class_type": "PromptOptim_IPGOOptimizeV2",
+                    "inputs": {"model": model, "clip": clip, "vae": vae, "reward": ["rw", 0], "prompts": PROMPT,
+                               "negative": "", "sampling_seed": 3, "steps": 3, "cfg": cfg, "width": SIZE,
+                               "height": SIZE, "epochs": epochs, "options": ["opts", 0]}},
+            "apply": {"class_type": "PromptOptim_IPGOApply",
+                      "inputs": {"clip": clip, "tokens": ["opt", 0], "text": PROMPT, "negative": ""}},
+            "preview": {"class_type": "PreviewImage", "inputs": {"images": ["opt", 3]}},
+            "ids": {"class_type": "PreviewAny", "inputs": {"source": ["apply", 0]}}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sd3", "flux"], indirect=True)  # SD3.5 shares SD3's text side
+def test_ipgo_wraps_the_whole_sequence_and_learns(comfy, family):
+    """IPGO reads the encoded sequence only (no text encoder re-run): the learned tokens (4096 wide) go around
+    ComfyUI's whole encoding of the prompt, pooled as encoded; the reward changes with the tokens from epoch to
+    epoch, and IPGO Encode with Learned Tokens reproduces the optimizer's conditioning exactly."""
+    name, clip_source = family[0], family[3]
+    comfy.run(_ipgo_graph(family))
+    tokens, positive, negative, _, _, report = (comfy.node_outputs("opt")[i][0] for i in range(6))
+    clip = comfy.node_outputs(clip_source[0])[clip_source[1]][0]
+    plain = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
+    assert tokens.prefix.shape == (2, 4096) and tokens.suffix.shape == (1, 4096) and tokens.info["family"] == name
+    length = plain[0][0].shape[1]
+    assert positive[0][0].shape == (1, 2 + length + 1, 4096)
+    torch.testing.assert_close(positive[0][0][:, 2:2 + length].float(), plain[0][0].float(), rtol=0, atol=0)
+    torch.testing.assert_close(positive[0][1]["pooled_output"].float(), plain[0][1]["pooled_output"].float(),
+                               rtol=0, atol=0)
+    curve = [float(v) for v in report.splitlines()[1].split(": ", 1)[1].split(", ")]
+    assert len(curve) == 2 and all(map(torch.isfinite, torch.tensor(curve))) and len(set(curve)) > 1, report
+    applied = comfy.node_outputs("apply")[0][0]
+    assert torch.equal(applied[0][0], positive[0][0])

@@ -23,8 +23,12 @@ NEEDS_AN_IMAGE = (supported.SD15_instructpix2pix, supported.SDXL_instructpix2pix
                   supported.SD21UnclipH, supported.SD_X4Upscaler, supported.LotusD)
 # Flux subclasses with another input layout (inpainting's image channels, Flux.2's own text side)
 EXCLUDED_VARIANTS = (supported.FluxInpaint, supported.Flux2)
-# Text-encoder keys of a CLIP object's tokens -> family.
+# Text-encoder keys of a CLIP object's tokens -> family: the CLIPs the token methods re-run with learned tokens,
 CLIP_FAMILIES = {("l",): "SD1.x", ("h",): "SD2.x", ("g", "l"): "SDXL"}
+# and those whose output a method only reads (IPGO wraps the encoded sequence; T5 is not re-run). An SD3
+# checkpoint without T5 still tokenizes for it (ComfyUI then leaves T5's part out).
+SEQUENCE_CLIP_FAMILIES = {("g", "l", "t5xxl"): "SD3", ("l", "t5xxl"): "Flux.1"}
+ENCODED_CLIP_FAMILIES = {**CLIP_FAMILIES, **SEQUENCE_CLIP_FAMILIES}
 
 
 def model_family(model_patcher, node: str, input_name: str = "model", families=MODEL_FAMILIES) -> str:
@@ -39,18 +43,19 @@ def model_family(model_patcher, node: str, input_name: str = "model", families=M
     return family
 
 
-def clip_family(clip, node: str, input_name: str = "clip") -> str:
+def clip_family(clip, node: str, input_name: str = "clip", families: dict = CLIP_FAMILIES) -> str:
     keys = tuple(sorted(clip.tokenize("").keys()))
-    family = CLIP_FAMILIES.get(keys)
+    family = families.get(keys)
     if family is None:
         raise NodeInputError(node, input_name, f"text encoder with parts {list(keys)} is not supported; "
-                             f"supported: {', '.join(sorted(set(CLIP_FAMILIES.values())))}.")
+                             f"supported: {', '.join(dict.fromkeys(families.values()))}.")
     return family
 
 
-def matching_families(model_patcher, clip, node: str) -> str:
-    model = model_family(model_patcher, node)
-    text = clip_family(clip, node)
+def matching_families(model_patcher, clip, node: str, model_families=MODEL_FAMILIES,
+                      clip_families: dict = CLIP_FAMILIES) -> str:
+    model = model_family(model_patcher, node, families=model_families)
+    text = clip_family(clip, node, families=clip_families)
     if model != text:
         raise NodeInputError(node, "clip", f"this CLIP is for {text} but the model is {model}; "
                              "connect the CLIP that came with the model's checkpoint.")

@@ -16,7 +16,8 @@ from comfy_api.latest import io, ui
 
 from ...core.ipgo.optimize import BoundaryTokens, IpgoSettings, IpgoSettingsError, LearnedTokens, train
 from ..comfy.errors import NodeInputError, require_prompt, settings_input_error
-from ..comfy.model_family import clip_family, matching_families
+from ..comfy.model_family import (CONDITIONING_FAMILIES, ENCODED_CLIP_FAMILIES, SEQUENCE_CLIP_FAMILIES, clip_family,
+                                  matching_families)
 from ..comfy.method_options import MethodOptions
 from ..comfy.socket_types import IpgoOptions, IpgoTokens, RewardModel
 from ..comfy.step_guider import progress_text
@@ -152,7 +153,8 @@ def optimize(node: str, model, clip, vae, reward, prompts, negative, sampling_se
     if clip is None or vae is None or reward is None:
         missing = "clip" if clip is None else "vae" if vae is None else "reward"
         raise NodeInputError(node, missing, f"no {missing} connected.")
-    family = matching_families(model, clip, node)
+    family = matching_families(model, clip, node, CONDITIONING_FAMILIES, ENCODED_CLIP_FAMILIES)
+    whole = family in SEQUENCE_CLIP_FAMILIES.values()  # SD3 / Flux.1: the whole encoded sequence
     _check_token_counts(steps, last_steps, prefix_tokens, suffix_tokens)
     settings = _settings(node, prefix_tokens=prefix_tokens, suffix_tokens=suffix_tokens, rank=rank,
                          rotation=rotation, conformity_weight=conformity_weight, last_steps=last_steps,
@@ -161,7 +163,7 @@ def optimize(node: str, model, clip, vae, reward, prompts, negative, sampling_se
     sequences = []
     for text in texts:
         try:
-            sequences.append(encode_sequence(clip, text, negative, prefix_tokens + suffix_tokens))
+            sequences.append(encode_sequence(clip, text, negative, prefix_tokens + suffix_tokens, whole))
         except ValueError as e:
             raise NodeInputError(node, "prompts", f"{text!r}: {e}.") from None
     reward_texts = [plain_words(text) for text in texts]  # the reward reads words, not ComfyUI's weight syntax
@@ -240,7 +242,8 @@ DESCRIPTION = ("IPGO: learns a few prefix and suffix tokens, injected around the
 
 
 def _model_inputs() -> list:
-    return [io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL). Not modified."),
+    return [io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL and derivatives, SD3/SD3.5, "
+                                            "Flux.1). Not modified."),
             io.Clip.Input("clip", tooltip="The checkpoint's text encoder. It only encodes the prompts once."),
             io.Vae.Input("vae", tooltip="Decodes the generated latent for the reward (differentiably)."),
             RewardModel.Input("reward", tooltip="A differentiable reward (Load Reward Model).")]
@@ -331,14 +334,14 @@ class IpgoApply(io.ComfyNode):
         require_prompt(APPLY_NODE, "text", text)
         if clip is None:
             raise NodeInputError(APPLY_NODE, "clip", "no CLIP: the checkpoint has no text encoder.")
-        family = clip_family(clip, APPLY_NODE)
+        family = clip_family(clip, APPLY_NODE, families=ENCODED_CLIP_FAMILIES)
         trained = tokens.info.get("family")
         if trained and trained != family:
             raise NodeInputError(APPLY_NODE, "tokens", f"these tokens were learned on {trained}; this CLIP is "
                                                        f"{family}.")
         added = tokens.prefix.shape[0] + tokens.suffix.shape[0]
         try:
-            seq = encode_sequence(clip, text, negative, added)
+            seq = encode_sequence(clip, text, negative, added, whole=family in SEQUENCE_CLIP_FAMILIES.values())
         except ValueError as e:
             raise NodeInputError(APPLY_NODE, "text", str(e) + ".") from None
         if seq.states.shape[-1] != tokens.width:

@@ -14,6 +14,12 @@ them with the last window's padding cut. The learned tokens still go before and 
 sequence (they live in the encoder's output space, which has no window). A negative cannot be padded
 past one window, so there it is ComfyUI's own encoding of the negative, uncut; ComfyUI's sampler then
 runs it apart from the positive, as it does for any two conditionings of different lengths.
+
+SD3 and Flux.1 (`whole=True`): the model reads one sequence that mixes encoders (SD3: CLIP-L/G's windows
+zero-padded to 4096 wide, then T5's tokens; Flux: T5's, padded to at least 256), and T5 is bidirectional,
+so padding states are not the unpadded prompt's. The prompt's sequence is ComfyUI's whole encoding, as
+CLIP Text Encode gives it; the learned tokens (4096 wide) go before and after it; the negative is ComfyUI's
+encoding, uncut; the pooled vectors stay as encoded.
 """
 from __future__ import annotations
 
@@ -79,7 +85,12 @@ def _ordinary(t: torch.Tensor | None) -> torch.Tensor | None:
         return t.detach().float().cpu().clone()
 
 
-def encode_sequence(clip, text: str, negative_text: str, added_tokens: int) -> PromptSequence:
+def encode_sequence(clip, text: str, negative_text: str, added_tokens: int, whole: bool = False) -> PromptSequence:
+    if whole:
+        cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+        negative, negative_pooled = clip.encode_from_tokens(clip.tokenize(negative_text), return_pooled=True)
+        return PromptSequence(text, _ordinary(cond), _ordinary(pooled), _ordinary(negative),
+                              _ordinary(negative_pooled))
     tokens = clip.tokenize(text)
     length = prompt_length(clip, tokens)
     cond, pooled = encode_windows(clip, tokens)

@@ -88,8 +88,8 @@ def test_text_result_shows_on_the_node_after_a_run(browser, comfy_server, name, 
             if finished is None and any(node in e["outputs"] for pid, e in comfy_server.get("/history").items()
                                         if pid not in earlier):
                 finished = time.monotonic()
-            if finished is not None and time.monotonic() - finished > 10:
-                break  # the run is over; the editor had 10 s to show it
+            if finished is not None and time.monotonic() - finished > 60:
+                break  # the run is over; the editor had a minute to show it (a loaded machine is slow)
     finally:
         page.close()
     runs = [e for pid, e in comfy_server.get("/history").items() if pid not in earlier]

@@ -1,6 +1,7 @@
-"""DATE and the Gradient Check on the SD3 and Flux.1 test models (devtools/family_checkpoints.py), through
-ComfyUI's real executor: DATE changes the text sequence only, so it runs on any family whose text is one token
-sequence; the denoiser's x0 is checked against finite differences first, inside a real node execution."""
+"""The methods and the Gradient Check on the SD3, SD3.5-style and Flux.1 test models
+(devtools/family_checkpoints.py), through ComfyUI's real executor. DATE and IPGO read the encoded sequence
+(DATE moves it, IPGO wraps it); MinorityPrompt re-runs every encoder the model reads (CLIP-L/G, T5) with its
+placeholder; the token and the denoiser gradients are checked against finite differences first."""
 import re
 
 import pytest
@@ -41,7 +42,7 @@ def family(request, sd3_checkpoint, sd35_unet, flux_files, reduced_t5_loader):
     return ("Flux.1", *_flux_loader(flux_files, reduced_t5_loader), 1.0)
 
 
-def test_denoiser_gradient_matches_finite_differences_inside_the_node(comfy, family):
+def test_gradients_match_finite_differences_inside_the_node(comfy, family):
     name, loaders, model, clip, _, _ = family
     graph = {**loaders, "check": {"class_type": "PromptOptim_GradientCheck",
                                   "inputs": {"model": model, "clip": clip, "prompt": PROMPT, "noise_level": 0.5,
@@ -49,10 +50,29 @@ def test_denoiser_gradient_matches_finite_differences_inside_the_node(comfy, fam
     ui = comfy.run(graph)
     report = ui["check"]["text"][0]
     out = comfy.node_outputs("check")
-    assert f"family: {name}" in report and "token through the text encoder: not checked" in report
-    assert out[4][0] < TOLERANCE, report
-    derivative = float(re.search(r"x0: autograd (\S+),", report)[1])
-    assert abs(derivative) > 1e-6, report
+    parts = "g, l" if name == "SD3" else "l, t5xxl"  # the SD3 test checkpoint has no T5; Flux's T5 is the reduced one
+    assert f"family: {name}" in report and f"token through the text encoder ({parts})" in report
+    assert out[3][0] < TOLERANCE and out[4][0] < TOLERANCE, report
+    derivatives = [float(d) for d in re.findall(r"autograd (\S+),", report)]
+    assert len(derivatives) == 2 and all(abs(d) > 1e-6 for d in derivatives), report
+
+
+def _sampled_by_the_guider(graph: dict, name: str, model, steps: int) -> dict:
+    """`graph` (with nodes "guider", "pos", "lat") sampled by SamplerCustomAdvanced, euler, simple sigmas; Flux's
+    positive through FluxGuidance."""
+    graph.update({
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}},
+        "ks": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "sig": {"class_type": "BasicScheduler",
+                "inputs": {"model": model, "scheduler": "simple", "steps": steps, "denoise": 1.0}},
+        "sca": {"class_type": "SamplerCustomAdvanced",
+                "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["ks", 0],
+                           "sigmas": ["sig", 0], "latent_image": ["lat", 0]}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sca", 0], "filename_prefix": "sequence"}}})
+    if name == "Flux.1":
+        graph["guid"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}}
+        graph["guider"]["inputs"]["positive"] = ["guid", 0]
+    return graph
 
 
 def _date_graph(family, rho=0.5, steps=3) -> dict:
@@ -70,19 +90,8 @@ def _date_graph(family, rho=0.5, steps=3) -> dict:
                                  "iterations": 2, "prior_weight": 0.0, "decode_scale": "1.0"}},
              "guider": {"class_type": "PromptOptim_DATEGuiderV2",
                         "inputs": {"model": model, "positive": ["pos", 0], "negative": ["neg", 0], "cfg": cfg,
-                                   "vae": vae, "reward": ["rw", 0], "rho": rho, "options": ["opts", 0]}},
-             "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}},
-             "ks": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-             "sig": {"class_type": "BasicScheduler",
-                     "inputs": {"model": model, "scheduler": "simple", "steps": steps, "denoise": 1.0}},
-             "sca": {"class_type": "SamplerCustomAdvanced",
-                     "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["ks", 0],
-                                "sigmas": ["sig", 0], "latent_image": ["lat", 0]}},
-             "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sca", 0], "filename_prefix": "date_seq"}}}
-    if name == "Flux.1":
-        graph["guid"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}}
-        graph["guider"]["inputs"]["positive"] = ["guid", 0]
-    return graph
+                                   "vae": vae, "reward": ["rw", 0], "rho": rho, "options": ["opts", 0]}}}
+    return _sampled_by_the_guider(graph, name, model, steps)
 
 
 def test_date_updates_the_text_sequence_and_raises_the_reward(comfy, family):
@@ -148,3 +157,38 @@ def test_ipgo_wraps_the_whole_sequence_and_learns(comfy, family):
     assert len(curve) == 2 and all(map(torch.isfinite, torch.tensor(curve))) and len(set(curve)) > 1, report
     applied = comfy.node_outputs("apply")[0][0]
     assert torch.equal(applied[0][0], positive[0][0])
+
+
+def _minority_graph(family, steps=2) -> dict:
+    name, loaders, model, clip, vae, cfg = family
+    graph = {**loaders,
+             "pos": {"class_type": "PromptOptim_MinorityEncode",
+                     "inputs": {"clip": clip, "text": PROMPT, "position": "end", "init": "word", "init_word": "cool",
+                                "init_seed": 0}},
+             "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": ""}},
+             "lat": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+             "opts": {"class_type": "PromptOptim_MinorityOptions",
+                      "inputs": {"optimize_fraction": 0.5, "every_n_steps": 1, "sg_lambda": 1.0, "norm": "plain",
+                                 "anneal": True, "fixed_level": 0.75, "between_steps": "keep", "token_per_image": True,
+                                 "diversity": 0.0, "gradient_checkpointing": False, "measure_gain": True}},
+             "guider": {"class_type": "PromptOptim_MinorityGuiderV2",
+                        "inputs": {"model": model, "positive": ["pos", 0], "negative": ["neg", 0], "cfg": cfg,
+                                   "iterations": 2, "lr": 0.01, "options": ["opts", 0]}}}
+    return _sampled_by_the_guider(graph, name, model, steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sd3", "flux"], indirect=True)
+def test_minority_prompt_optimizes_the_placeholder_in_every_encoder(comfy, family):
+    """The placeholder is spliced into each encoder the model reads (SD3 here: CLIP-L and CLIP-G, the checkpoint
+    has no T5; Flux: CLIP-L, for the pooled vector, and T5's sequence) and optimized by ascent on J."""
+    name = family[0]
+    comfy.run(_minority_graph(family))
+    run = comfy.node_outputs("guider")[0][0].last_run
+    assert [s[0] for s in run.steps] == [0]
+    widths = {k: v.shape[-1] for k, v in run.token.vectors.items()}
+    assert widths == ({"l": 768, "g": 1280} if name == "SD3" else {"l": 768, "t5xxl": 4096})
+    _, _, result = run.steps[0]
+    assert all(g > 0 for g in result.predicted_gains), result.predicted_gains
+    assert result.after.mean() > result.before.mean(), (result.before, result.after)
+    assert torch.isfinite(comfy.node_outputs("sca")[0][0]["samples"]).all()

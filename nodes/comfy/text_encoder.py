@@ -38,21 +38,23 @@ def out_of_place_clip_layers(module: torch.nn.Module):
             layer.__dict__.pop("forward", None)
 
 
-def splice(chunks: list, vectors: torch.Tensor, position: str, start_token: int, end_token: int,
-           pad_token: int) -> list:
+def splice(chunks: list, vectors: torch.Tensor, position: str, start_token: int | None, end_token: int,
+           pad_token: int, windowed: bool = True) -> list:
     """Insert `vectors` (n, width) into ComfyUI token chunks, keeping each chunk's length.
 
     "end": before the end-of-text token of the last chunk; "start": right after start-of-text of the
-    first. n padding entries are dropped from that chunk's tail so its length stays the model's. When the
-    last chunk has no padding left, "end" puts the vectors in a new chunk of their own (any prompt length
-    works, as in CLIP Text Encode); "start" needs room in the first chunk (the pooled vector comes from it).
+    first (T5 has none: at the very start). n padding entries are dropped from that chunk's tail so its
+    length stays the model's. When the last chunk has no padding left, "end" puts the vectors in a new chunk
+    of their own (any prompt length works, as in CLIP Text Encode); "start" needs room in the first chunk
+    (the pooled vector comes from it). A tokenizer without windows (`windowed=False`: T5, one chunk of any
+    length) just grows by n where no padding is left.
     """
     chunks = [list(c) for c in chunks]
     index = 0 if position == "start" else len(chunks) - 1
     chunk = chunks[index]
     ids = [entry[0] if isinstance(entry[0], int) else None for entry in chunk]
     end_at = ids.index(end_token, 1) if end_token in ids[1:] else len(chunk)
-    at = (1 if ids and ids[0] == start_token else 0) if position == "start" else end_at
+    at = (1 if ids and start_token is not None and ids[0] == start_token else 0) if position == "start" else end_at
     # room = padding after the end-of-text token (SD1 pads with the end token itself, which is not room)
     tail_pads = 0
     for token in reversed(ids[end_at + 1:]):
@@ -60,6 +62,11 @@ def splice(chunks: list, vectors: torch.Tensor, position: str, start_token: int,
             break
         tail_pads += 1
     n = vectors.shape[0]
+    if tail_pads < n and not windowed:  # what padding there is makes room; the sequence grows by the rest
+        chunk[at:at] = [(vectors, 1.0)]
+        del chunk[len(chunk) - tail_pads:len(chunk)]
+        chunks[index] = chunk
+        return chunks
     if tail_pads < n and position == "start":
         raise ValueError(f"the prompt fills its first {len(chunk)}-token window, which leaves no room for {n} "
                          "token(s) at its start; use position end, or shorten the prompt")
@@ -79,19 +86,32 @@ class ComfyTextEncoder(TextEncoder):
 
     def __init__(self, clip):
         self.clip = clip
-        self.keys = sorted(clip.tokenize("").keys())
+        # the encoders this CLIP has (an SD3 checkpoint without T5 still tokenizes for it)
+        self.keys = [k for k in sorted(clip.tokenize("").keys()) if self._part(k) is not None]
         self._stack: ExitStack | None = None
         self.extra_bytes = 0
 
     def _part(self, key: str):
-        return getattr(self.clip.cond_stage_model, f"clip_{key}")
+        """The encoder for a token key: clip_l / clip_g / clip_h, or SD3's and Flux's t5xxl."""
+        model = self.clip.cond_stage_model
+        return getattr(model, f"clip_{key}", None) or getattr(model, key, None)
 
     def _tokenizer(self, key: str):
-        return getattr(self.clip.tokenizer, f"clip_{key}")
+        tokenizer = self.clip.tokenizer
+        return getattr(tokenizer, f"clip_{key}", None) or getattr(tokenizer, key)
 
     @property
     def token_widths(self) -> dict[str, int]:
         return {k: self._part(k).transformer.get_input_embeddings().weight.shape[1] for k in self.keys}
+
+    def vocabulary_size(self, encoder: str) -> int:
+        return self._part(encoder).transformer.get_input_embeddings().weight.shape[0]
+
+    def rows(self, encoder: str, ids: torch.Tensor) -> torch.Tensor:
+        """Input-embedding rows `ids` of one encoder, as an ordinary float copy (not the whole table)."""
+        with torch.inference_mode(False):
+            table = self._part(encoder).transformer.get_input_embeddings().weight
+            return table[ids.to(table.device)].detach().float().cpu().clone()
 
     def vocabulary(self, encoder: str) -> torch.Tensor:
         with torch.inference_mode(False):
@@ -100,7 +120,8 @@ class ComfyTextEncoder(TextEncoder):
     def word_embeddings(self, encoder: str, text: str) -> torch.Tensor:
         tok = self._tokenizer(encoder)
         ids = [e[0] for e in tok.tokenize_with_weights(text)[0]]
-        body = ids[1:ids.index(tok.end_token, 1)] if tok.end_token in ids[1:] else ids[1:]
+        first = 0 if tok.start_token is None else 1  # T5 has no start-of-text token
+        body = ids[first:ids.index(tok.end_token, first)] if tok.end_token in ids[first:] else ids[first:]
         if not body:
             raise ValueError(f"{text!r} has no tokens")
         with torch.inference_mode(False):
@@ -127,7 +148,7 @@ class ComfyTextEncoder(TextEncoder):
                 tok = self._tokenizer(key)
                 pad = getattr(tok, "pad_token", tok.end_token)
                 tokens[key] = splice(tokens[key], learnable.vectors[key], learnable.position,
-                                     tok.start_token, tok.end_token, pad)
+                                     tok.start_token, tok.end_token, pad, windowed=tok.pad_to_max_length)
         return tokens
 
     def encode(self, prompt: str, learnable: LearnableTokens | None = None) -> TextConditioning:

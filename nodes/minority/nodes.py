@@ -16,7 +16,7 @@ from ...core.minority.optimize import (ANNEAL_LEVELS, BETWEEN_STEPS, INITS, NORM
 from ...core.shared.text_encoder import LearnableTokens
 from ..comfy.errors import NodeInputError, require_prompt, settings_input_error
 from ..comfy.guided_method import GuidedMethodFace, guider_node, ksampler_node, sample_like_ksampler
-from ..comfy.model_family import clip_family, model_family
+from ..comfy.model_family import CONDITIONING_FAMILIES, ENCODED_CLIP_FAMILIES, clip_family, model_family
 from ..comfy.method_options import MethodOptions
 from ..comfy.socket_types import MinorityOptions, MinorityToken
 from ..comfy.step_guider import StepOptimizerGuider, single_positive
@@ -54,7 +54,7 @@ class MinorityEncode(io.ComfyNode):
                         "exactly like CLIP Text Encode with any sampler) and carries what the MinorityPrompt "
                         "guider needs to re-encode the prompt with one learnable placeholder token.",
             inputs=[
-                io.Clip.Input("clip", tooltip="The text encoder from the checkpoint (SD1.x, SD2.x or SDXL). "
+                io.Clip.Input("clip", tooltip="The text encoder from the checkpoint (SD1.x, SD2.x, SDXL, SD3, Flux.1). "
                                               "It is not modified."),
                 io.String.Input("text", multiline=True, dynamic_prompts=True, tooltip="The prompt."),
                 io.Combo.Input("position", options=["end", "start"], default="end",
@@ -75,7 +75,7 @@ class MinorityEncode(io.ComfyNode):
         require_prompt(ENCODE_NODE, "text", text)
         if clip is None:
             raise NodeInputError(ENCODE_NODE, "clip", "no CLIP: the checkpoint has no text encoder.")
-        clip_family(clip, ENCODE_NODE)
+        clip_family(clip, ENCODE_NODE, families=ENCODED_CLIP_FAMILIES)
         encoder = ComfyTextEncoder(clip)
         if init == "word":
             try:
@@ -94,7 +94,8 @@ class MinorityEncode(io.ComfyNode):
                                                                                  SPEC_KEY: spec}))
 
 
-MODEL_HELP = "The diffusion model (SD1.x, SD2.x, SDXL, or a distilled few-step SDXL at cfg 1). It is not modified."
+MODEL_HELP = ("The diffusion model (SD1.x, SD2.x, SDXL and derivatives, a distilled few-step SDXL at cfg 1, "
+              "SD3/SD3.5, Flux.1). It is not modified.")
 POSITIVE_HELP = ("From 'MinorityPrompt Text Encode' (directly, or as 'conditioning_to' of Conditioning Concat): "
                  "one entry, without area, mask or timestep range.")
 NEGATIVE_HELP = "The negative/unconditional conditioning; never changed."
@@ -171,7 +172,7 @@ def validate_diversity(cls, diversity=None, token_per_image=None) -> bool | str:
 def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_fraction, every_n_steps, sg_lambda,
                  norm, anneal, fixed_level, between_steps, token_per_image, diversity, gradient_checkpointing,
                  measure_gain, optimize="appended_token", anneal_level="next_step") -> StepOptimizerGuider:
-    family = model_family(model, node)
+    family = model_family(model, node, families=CONDITIONING_FAMILIES)
     spec = spec_of(positive)
     if spec is None:
         raise NodeInputError(node, "positive", f"this conditioning has no placeholder: encode the prompt with "
@@ -181,7 +182,7 @@ def build_guider(node, model, positive, negative, cfg, iterations, lr, optimize_
         concatenated = spec.concatenated_tokens(entry[0])
     except ValueError as e:
         raise NodeInputError(node, "positive", str(e) + ".") from None
-    text_family = clip_family(spec.clip, node, "positive")
+    text_family = clip_family(spec.clip, node, "positive", families=ENCODED_CLIP_FAMILIES)
     if text_family != family:
         raise NodeInputError(node, "positive", f"the prompt was encoded with a {text_family} CLIP but the model is "
                                                f"{family}; use the CLIP from the model's checkpoint.")

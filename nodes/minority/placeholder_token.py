@@ -84,7 +84,9 @@ class LearnedToken:
     def embedding_file(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.images:
             raise IndexError(f"image index {index} is out of range: this token has {self.images} row(s)")
-        return {f"clip_{k}": v[index:index + 1].detach().float().cpu().contiguous() for k, v in self.vectors.items()}
+        # the keys ComfyUI's tokenizers look up: clip_l / clip_g / clip_h, and t5xxl for SD3's and Flux's T5
+        return {(k if k.startswith("t5") else f"clip_{k}"): v[index:index + 1].detach().float().cpu().contiguous()
+                for k, v in self.vectors.items()}
 
 
 def safe_embedding_name(name: str) -> str:

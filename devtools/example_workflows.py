@@ -247,7 +247,8 @@ def gfn_rewriter_batch() -> UIWorkflow:
     seed) -> one batch, scored against the original prompt and saved best first."""
     wf = UIWorkflow()
     ckpt = checkpoint(wf, (40, 300), (320, 100))
-    options = wf.node("PromptOptim_RewriterOptions", [1.0, 1.0, 15, 75, 1.0, "{prompt} Rephrase:\n", "fp32", -1.0, False],
+    options = wf.node("PromptOptim_RewriterOptions",
+                      [1.0, 1.0, 15, 75, 1.0, "{prompt} Rephrase:\n", "fp32", -1.0, False],
                       outputs=[("options", "REWRITER_OPTIONS")], pos=(40, 820), size=(430, 360),
                       title="Prompt Rewriter Options (paper: 15-75 new tokens)")
     rewriter = wf.node("PromptOptim_GFlowNetRewriterV2",

@@ -47,7 +47,10 @@ def free_port() -> int:
 
 class ComfyServer:
     def __init__(self, base_dir: Path, output_dir: Path | None = None, python: str = sys.executable,
-                 only_this_pack: bool = True):
+                 only_this_pack: bool = True, also_enable: tuple[str, ...] = ()):
+        """`only_this_pack`: no other custom nodes load, except the folders named in `also_enable` (test-only
+        nodes the tests put in the base directory's custom_nodes)."""
+        self.also_enable = tuple(also_enable)
         self.base_dir = Path(base_dir)
         self.output_dir = Path(output_dir) if output_dir else self.base_dir / "output"
         self.python = python
@@ -64,7 +67,7 @@ class ComfyServer:
         if not torch.cuda.is_available():
             cmd.append("--cpu")
         if self.only_this_pack:
-            cmd += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME]
+            cmd += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME, *self.also_enable]
         return cmd
 
     def start(self, timeout: float = 180.0) -> "ComfyServer":

@@ -23,13 +23,16 @@ PROMPTIST = "Promptist"
 FILES = {
     SD15: ("checkpoints", [(SD15, f"{HF}/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/{SD15}")]),
     # the CLIP tokenizer is ComfyUI's own (the same for every CLIP), so config and weights suffice
-    CLIP_L14: ("rewards", [(f"{CLIP_L14}/config.json", f"{HF}/openai/clip-vit-large-patch14/resolve/main/config.json"),
+    CLIP_L14: ("rewards", [(f"{CLIP_L14}/config.json",
+                            f"{HF}/openai/clip-vit-large-patch14/resolve/main/config.json"),
                            (f"{CLIP_L14}/model.safetensors",
                             f"{HF}/openai/clip-vit-large-patch14/resolve/main/model.safetensors")]),
-    IMAGE_REWARD: ("rewards", [(f"{IMAGE_REWARD}/ImageReward.pt", f"{HF}/THUDM/ImageReward/resolve/main/ImageReward.pt"),
+    IMAGE_REWARD: ("rewards", [(f"{IMAGE_REWARD}/ImageReward.pt",
+                                f"{HF}/THUDM/ImageReward/resolve/main/ImageReward.pt"),
                                (f"{IMAGE_REWARD}/med_config.json",
                                 f"{HF}/THUDM/ImageReward/resolve/main/med_config.json"),
-                               (f"{IMAGE_REWARD}/vocab.txt", f"{HF}/google-bert/bert-base-uncased/resolve/main/vocab.txt")]),
+                               (f"{IMAGE_REWARD}/vocab.txt",
+                                f"{HF}/google-bert/bert-base-uncased/resolve/main/vocab.txt")]),
     PROMPTIST: ("prompt_rewriters", [(f"{PROMPTIST}/{name}", f"{HF}/microsoft/Promptist/resolve/main/{name}")
                                      for name in ("config.json", "pytorch_model.bin", "vocab.json", "merges.txt")]),
 }

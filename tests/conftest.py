@@ -95,7 +95,8 @@ def flux_files(base_dir):
     link_models(base_dir, diffusion_models=[paths["flux_unet"]], vae=[paths["flux_vae"]],
                 text_encoders=[paths["clip_l"], paths["t5_reduced"]])
     return types.SimpleNamespace(unet=paths["flux_unet"].name, vae=paths["flux_vae"].name,
-                                 clip_l=paths["clip_l"].name, t5=paths["t5_reduced"].name, t5_path=paths["t5_reduced"])
+                                 clip_l=paths["clip_l"].name, t5=paths["t5_reduced"].name, t5_path=paths["t5_reduced"],
+                                 unet_path=paths["flux_unet"], vae_path=paths["flux_vae"], clip_l_path=paths["clip_l"])
 
 
 @pytest.fixture(scope="session")

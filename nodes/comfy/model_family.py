@@ -15,18 +15,17 @@ from .errors import NodeInputError
 # ComfyUI model-config classes (and their subclasses) -> family shown to users; most specific first.
 MODEL_FAMILIES = ((supported.SDXL, "SDXL"), (supported.SD20, "SD2.x"), (supported.SD15, "SD1.x"))
 # Diffusion transformers whose text arrives as one token sequence (SD3: CLIP-L/G + T5 along the sequence; Flux:
-# T5's sequence, CLIP-L pooled): a method that only changes that sequence (DATE) runs on them; the methods
-# that re-run the text encoder with learned tokens do not yet (T5 through ComfyUI's CLIP is not verified).
+# T5's sequence, CLIP-L pooled). DATE moves that sequence, IPGO wraps it, MinorityPrompt re-runs every encoder
+# (T5 included) with its placeholder.
 SEQUENCE_FAMILIES = ((supported.SD3, "SD3"), (supported.Flux, "Flux.1"))
 CONDITIONING_FAMILIES = MODEL_FAMILIES + SEQUENCE_FAMILIES
 NEEDS_AN_IMAGE = (supported.SD15_instructpix2pix, supported.SDXL_instructpix2pix, supported.SD21UnclipL,
                   supported.SD21UnclipH, supported.SD_X4Upscaler, supported.LotusD)
 # Flux subclasses with another input layout (inpainting's image channels, Flux.2's own text side)
 EXCLUDED_VARIANTS = (supported.FluxInpaint, supported.Flux2)
-# Text-encoder keys of a CLIP object's tokens -> family: the CLIPs the token methods re-run with learned tokens,
+# Text-encoder keys of a CLIP object's tokens -> family: the CLIP-only families,
 CLIP_FAMILIES = {("l",): "SD1.x", ("h",): "SD2.x", ("g", "l"): "SDXL"}
-# and those whose output a method only reads (IPGO wraps the encoded sequence; T5 is not re-run). An SD3
-# checkpoint without T5 still tokenizes for it (ComfyUI then leaves T5's part out).
+# and those with T5. An SD3 checkpoint without T5 still tokenizes for it (ComfyUI then leaves T5's part out).
 SEQUENCE_CLIP_FAMILIES = {("g", "l", "t5xxl"): "SD3", ("l", "t5xxl"): "Flux.1"}
 ENCODED_CLIP_FAMILIES = {**CLIP_FAMILIES, **SEQUENCE_CLIP_FAMILIES}
 

@@ -94,11 +94,13 @@ class ComfyTextEncoder(TextEncoder):
     def _part(self, key: str):
         """The encoder for a token key: clip_l / clip_g / clip_h, or SD3's and Flux's t5xxl."""
         model = self.clip.cond_stage_model
-        return getattr(model, f"clip_{key}", None) or getattr(model, key, None)
+        part = getattr(model, f"clip_{key}", None)
+        return part if part is not None else getattr(model, key, None)
 
     def _tokenizer(self, key: str):
         tokenizer = self.clip.tokenizer
-        return getattr(tokenizer, f"clip_{key}", None) or getattr(tokenizer, key)
+        part = getattr(tokenizer, f"clip_{key}", None)
+        return part if part is not None else getattr(tokenizer, key)
 
     @property
     def token_widths(self) -> dict[str, int]:

@@ -8,7 +8,7 @@ from ...core.diagnostics.likelihood import denoising_loss
 from ...core.shared.conditioning import TextConditioning
 from ..comfy.denoiser import prepared_denoiser
 from ..comfy.errors import NodeInputError
-from ..comfy.model_family import model_family
+from ..comfy.model_family import CONDITIONING_FAMILIES, model_family
 
 CATEGORY = "prompt_optim/evaluate"
 
@@ -27,7 +27,8 @@ class DenoisingLikelihood(io.ComfyNode):
                         "noise-prediction error is an ELBO-style loss. Higher log_likelihood = more typical image; "
                         "MinorityPrompt should lower it. Compare images of the same size under the same prompt, "
                         "model, seed and levels.",
-            inputs=[io.Model.Input("model", tooltip="The diffusion model that made the images (SD1.x, SD2.x, SDXL)."),
+            inputs=[io.Model.Input("model", tooltip="The diffusion model that made the images (SD1.x, SD2.x, SDXL, "
+                                                           "SD3, Flux.1)."),
                     io.Conditioning.Input("positive", tooltip="The ORIGINAL prompt's conditioning (one entry)."),
                     io.Latent.Input("samples", tooltip="The latents to evaluate (a sampler's output)."),
                     io.Int.Input("evaluation_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
@@ -44,7 +45,7 @@ class DenoisingLikelihood(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, samples, evaluation_seed, levels) -> io.NodeOutput:
-        model_family(model, LIKELIHOOD_NODE)
+        model_family(model, LIKELIHOOD_NODE, families=CONDITIONING_FAMILIES)
         if not positive or len(positive) != 1:
             raise NodeInputError(LIKELIHOOD_NODE, "positive", f"needs one conditioning entry, got "
                                                               f"{len(positive or [])}; use a single text encode.")

@@ -228,3 +228,33 @@ def test_denoising_likelihood_runs_on_flow_models(comfy, family):
     comfy.run(graph)
     empty = comfy.node_outputs("like")[0]
     assert empty != sampled and torch.isfinite(torch.tensor(empty)).all(), (sampled, empty)
+
+
+def test_t5_placeholder_reaches_every_position_clip_only_later_ones(comfy, flux_files, reduced_t5_loader, pack):
+    """What the placeholder does to the prompt's own states (issue: T5 is bidirectional): appended at the end,
+    it leaves CLIP-L's states of the prompt exactly as they were (causal) but changes every one of T5's. The
+    printed relative change is the reduced random T5's, not a measure of meaning on real T5-XXL weights."""
+    import importlib
+
+    loaders, _, clip_source, _ = _flux_loader(flux_files, reduced_t5_loader)
+    comfy.run({**loaders, "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_source, "text": PROMPT}},
+               "shown": {"class_type": "PreviewAny", "inputs": {"source": ["pos", 0]}}})
+    clip = comfy.node_outputs(clip_source[0])[clip_source[1]][0]
+    text_encoder = importlib.import_module(f"{pack.package}.nodes.comfy.text_encoder")
+    learnable = importlib.import_module(f"{pack.package}.core.shared.text_encoder").LearnableTokens
+    with torch.inference_mode(False), text_encoder.ComfyTextEncoder(clip) as encoder:
+        vectors = {k: encoder.word_embeddings(k, "cool") for k in encoder.keys}
+        tokens = encoder.tokens(PROMPT, learnable(vectors, "end"))
+        plain_tokens = encoder.tokens(PROMPT)
+        with torch.no_grad():
+            t5 = clip.cond_stage_model.t5xxl.encode_token_weights(plain_tokens["t5xxl"])[0]
+            t5_with = clip.cond_stage_model.t5xxl.encode_token_weights(tokens["t5xxl"])[0]
+            clip_l = clip.cond_stage_model.clip_l.encode_token_weights(plain_tokens["l"])[0]
+            clip_l_with = clip.cond_stage_model.clip_l.encode_token_weights(tokens["l"])[0]
+    prompt_ids = [e[0] for e in plain_tokens["t5xxl"][0]]
+    n = prompt_ids.index(1)  # the prompt's T5 tokens, before its end token
+    change = ((t5_with[0, :n] - t5[0, :n]).norm(dim=-1) / t5[0, :n].norm(dim=-1))
+    print(f"T5 prompt states changed by the placeholder: relative {change.min():.3g} to {change.max():.3g}")
+    assert (change > 1e-3).all(), change
+    m = [e[0] for e in plain_tokens["l"][0]].index(49407)  # CLIP-L: start token and the prompt, before EOS
+    assert torch.equal(clip_l_with[0, :m], clip_l[0, :m])

@@ -171,7 +171,7 @@ def test_full_window_end_token_opens_a_window_start_token_is_refused(pack, sd1):
 
 def test_denoiser_x0_equals_the_models_own_apply_model(pack, sd1):
     model, clip = sd1
-    cond, pooled = None, None
+    cond = None
     with torch.inference_mode():
         cond = clip.encode_from_tokens(clip.tokenize(PROMPT))
     latent = torch.zeros(1, 4, 8, 8)

@@ -22,7 +22,6 @@ import comfy.samplers
 import comfy.utils
 from comfy_api.latest import io
 
-from .errors import NodeInputError
 from .method_options import MethodOptions, reads_only
 from .step_guider import check_finite_latent
 
@@ -109,11 +108,8 @@ class GuidedMethodFace:
         if not compact or self.options is None:
             return self.build_guider(node, model, positive, negative, cfg, **settings)
         shown = dict(settings)
-        values = self.options.resolve(node, shown.pop("options", None)) | shown
-        try:
-            return self.build_guider(node, model, positive, negative, cfg, **values)
-        except NodeInputError as e:
-            raise self.options.blame(e) from None
+        return self.options.call(node, self.build_guider, shown.pop("options", None), shown,
+                                 node, model, positive, negative, cfg)
 
 
 def ksampler_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise: float):

@@ -65,6 +65,15 @@ class MethodOptions:
         values.update(options)
         return values
 
+    def call(self, node: str, run: Callable, options: Mapping | None, shown: dict, *args):
+        """run(*args, **settings): the options node's values over their defaults, then the node's shown
+        settings; an error about a setting from the options node says where that setting is set."""
+        values = self.resolve(node, options) | shown
+        try:
+            return run(*args, **values)
+        except NodeInputError as e:
+            raise self.blame(e) from None
+
     def blame(self, error: NodeInputError) -> NodeInputError:
         """An error about a setting that came from the options node says where that setting is."""
         if error.input_name not in self.names:

@@ -79,11 +79,11 @@ class GradientCheck(io.ComfyNode):
         family = matching_families(model, clip, NODE, CONDITIONING_FAMILIES, ENCODED_CLIP_FAMILIES)
         gen = torch.Generator().manual_seed(seed)
         with torch.inference_mode(False), torch.enable_grad():
-            token, plain, clip_bytes = cls._check_token(clip, prompt, gen)
+            token, plain, clip_bytes, token_parts = cls._check_token(clip, prompt, gen)
             cond, model_bytes = cls._check_conditioning(model, plain, noise_level, gen)
         report = "\n".join([
             f"family: {family}",
-            f"token through the text encoder ({', '.join(ComfyTextEncoder(clip).keys)}): autograd "
+            f"token through the text encoder ({', '.join(token_parts)}): autograd "
             f"{token.autograd:.6g}, finite difference {token.finite_difference:.6g}, relative error "
             f"{token.relative_error:.2e}",
             f"conditioning through denoiser x0: autograd {cond.autograd:.6g}, finite difference "
@@ -118,7 +118,7 @@ class GradientCheck(io.ComfyNode):
             # the plain central difference's h^2 term the larger error (measured: 7e-2 at 1e-2, 4e-3 at 1e-3)
             check = directional_check(f, start, _unit(start.shape, gen), step=1e-2 * float(start.norm()),
                                       richardson=True)
-            return check, plain, encoder.extra_bytes
+            return check, plain, encoder.extra_bytes, encoder.keys
 
     @staticmethod
     def _check_conditioning(model, plain: TextConditioning, noise_level, gen):

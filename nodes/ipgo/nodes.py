@@ -261,11 +261,7 @@ class IpgoOptimize(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, reward, options=None, **shown) -> io.NodeOutput:
-        values = OPTIONS.resolve(OPTIMIZE_NODE, options) | shown
-        try:
-            return optimize(OPTIMIZE_NODE, model, clip, vae, reward, **values)
-        except NodeInputError as e:
-            raise OPTIONS.blame(e) from None
+        return OPTIONS.call(OPTIMIZE_NODE, optimize, options, shown, OPTIMIZE_NODE, model, clip, vae, reward)
 
 
 def _validate_token_counts(cls, prefix_tokens=None, suffix_tokens=None) -> bool | str:

@@ -200,11 +200,7 @@ class GFlowNetRewriter(io.ComfyNode):
 
     @classmethod
     def execute(cls, options=None, **shown) -> io.NodeOutput:
-        values = OPTIONS.resolve(NODE, options) | shown
-        try:
-            return run_rewriter(**values)
-        except NodeInputError as e:
-            raise OPTIONS.blame(e) from None
+        return OPTIONS.call(NODE, run_rewriter, options, shown)
 
 
 def _validate_lengths(cls, min_new_tokens=None, max_new_tokens=None) -> bool | str:
